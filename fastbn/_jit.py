@@ -1,0 +1,113 @@
+"""Numba machinery in one place: compile options, serial/parallel twins,
+the compile cache fallback and fork safety.
+
+Every kernel is compiled twice from the same Python function: a parallel
+version (``prange`` spread over Numba's threads) and a serial one (``prange``
+runs as ``range``). The serial twin serves inputs too small to repay a
+parallel launch, single-thread runs, and processes forked from a parent that
+already started the threading layer (GNU OpenMP aborts such a child when it
+opens a parallel region).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import types
+from typing import Callable
+
+import numba
+
+#: LLVM fast-math flags: reassociation lets reductions vectorise, but no
+#: ``nnan``/``ninf`` so that NaN and Inf still propagate.
+FASTMATH = frozenset({"nsz", "arcp", "contract", "afn", "reassoc"})
+
+#: Inputs with fewer elements than this run the serial twin.
+PARALLEL_MIN_SIZE = 1 << 15
+
+_forked_child = False
+
+
+def _after_fork_in_child() -> None:
+    global _forked_child
+    _forked_child = True
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def use_parallel(size: int) -> bool:
+    """Whether a kernel over ``size`` elements should take the parallel twin."""
+    return (
+        size >= PARALLEL_MIN_SIZE
+        and not _forked_child
+        and numba.get_num_threads() > 1
+    )
+
+
+def _fallback_cache_dir() -> str:
+    uid = os.getuid() if hasattr(os, "getuid") else "user"
+    return os.path.join(tempfile.gettempdir(), f"fastbn-numba-cache-{uid}")
+
+
+def _cached_njit(func: Callable, **options) -> numba.core.registry.CPUDispatcher:
+    """``numba.njit(cache=True)`` that survives a read-only install.
+
+    Numba caches next to the source, else in the user's cache directory; when
+    neither is writable it refuses to build the dispatcher, so fall back to a
+    per-user directory under the system temp dir.
+    """
+    try:
+        return numba.njit(cache=True, **options)(func)
+    except RuntimeError as exc:
+        if "no locator available" not in str(exc) or numba.config.CACHE_DIR:
+            raise
+        numba.config.CACHE_DIR = _fallback_cache_dir()
+        return numba.njit(cache=True, **options)(func)
+
+
+def _renamed(func: Callable, suffix: str) -> Callable:
+    """A copy of ``func`` with its own qualname, hence its own cache files.
+
+    Numba's cache index does not include the ``parallel`` flag, so the twins
+    must not share a cache entry.
+    """
+    twin = types.FunctionType(
+        func.__code__, func.__globals__, func.__name__ + suffix,
+        func.__defaults__, func.__closure__,
+    )
+    twin.__qualname__ = func.__qualname__ + suffix
+    twin.__module__ = func.__module__
+    twin.__doc__ = func.__doc__
+    return twin
+
+
+class Kernel:
+    """A kernel's parallel and serial twins, dispatched on input size."""
+
+    __slots__ = ("parallel", "serial", "__name__")
+
+    def __init__(self, func: Callable):
+        options = dict(nogil=True, fastmath=set(FASTMATH), error_model="numpy")
+        self.parallel = _cached_njit(func, parallel=True, **options)
+        self.serial = _cached_njit(_renamed(func, "_serial"), **options)
+        self.__name__ = func.__name__
+
+    def __call__(self, size: int, *args):
+        """Run on ``args``; ``size`` (elements touched) picks the twin."""
+        if use_parallel(size):
+            return self.parallel(*args)
+        return self.serial(*args)
+
+    def dispatchers(self) -> tuple:
+        return (self.parallel, self.serial)
+
+
+def kernel(func: Callable) -> Kernel:
+    """Decorator turning a plain loop nest into a :class:`Kernel`."""
+    return Kernel(func)
+
+
+def helper(func: Callable) -> numba.core.registry.CPUDispatcher:
+    """Decorator for small helpers called from kernels (never cached alone)."""
+    return numba.njit(nogil=True, fastmath=set(FASTMATH), error_model="numpy")(func)

@@ -1,0 +1,87 @@
+"""From a tensor of any rank, layout and strides to the kernels' views.
+
+Every tensor is first seen as ``(N, C, S)``, S the product of the spatial
+axes, with the channel axis where the layout puts it. The memory order then
+picks the kernel shape: a channel-innermost tensor (NHWC, or NCHW data stored
+channels last) becomes ``(N*S, C)`` for the ``_cl`` kernels, anything else
+stays ``(N, C, S)`` for the ``_cf`` kernels. Reshapes are views whenever the
+strides allow; only inputs whose strides cannot be merged are copied.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+LAYOUTS = ("NCHW", "NHWC")
+
+
+def channel_axis(ndim: int, layout: str) -> int:
+    """Index of the channel axis of a rank-``ndim`` tensor."""
+    return 1 if layout == "NCHW" else ndim - 1
+
+
+def _logical(a: np.ndarray, axis: int) -> np.ndarray:
+    if axis != 1:
+        a = np.moveaxis(a, axis, 1)
+    return a.reshape(a.shape[0], a.shape[1], -1)
+
+
+def _rows(v: np.ndarray) -> np.ndarray:
+    n, c, s = v.shape
+    if s == 1:
+        return v[:, :, 0]
+    return v.transpose(0, 2, 1).reshape(n * s, c)
+
+
+class Plan:
+    """How the kernels see tensors shaped like one input.
+
+    Parameters
+    ----------
+    x : ndarray
+        The input; its strides choose the kernel shape.
+    axis : int
+        Its channel axis.
+    """
+
+    __slots__ = ("axis", "kind", "shape")
+
+    def __init__(self, x: np.ndarray, axis: int):
+        self.axis = axis
+        self.shape = x.shape
+        v = _logical(x, axis)
+        self.kind = "cf"
+        if v.shape[2] == 1:
+            self.kind = "cl"
+        elif abs(v.strides[1]) < abs(v.strides[2]) and np.may_share_memory(_rows(v), x):
+            self.kind = "cl"
+
+    def view(self, a: np.ndarray) -> np.ndarray:
+        """The kernel view of ``a`` (a copy if its strides do not allow one)."""
+        v = _logical(a, self.axis)
+        return _rows(v) if self.kind == "cl" else v
+
+    def empty(self, dtype) -> np.ndarray:
+        """A new array of the input's shape whose kernel view is a view."""
+        n, c = self.shape[0], self.shape[self.axis]
+        spatial = [d for i, d in enumerate(self.shape) if i not in (0, self.axis)]
+        if self.kind == "cl":
+            return np.moveaxis(np.empty((n, *spatial, c), dtype), -1, self.axis)
+        return np.moveaxis(np.empty((n, c, *spatial), dtype), 1, self.axis)
+
+    def output(self, out: np.ndarray | None, dtype):
+        """A kernel view to write a result into, and the arrays behind it.
+
+        Returns ``(view, result, scratch)``: the kernel writes ``view``;
+        ``result`` is the array to return (``out`` when given). When ``out``
+        cannot be viewed, ``scratch`` holds the result, to be copied into
+        ``out`` afterwards; else it is None.
+        """
+        if out is not None:
+            v = self.view(out)
+            if np.may_share_memory(v, out):
+                return v, out, None
+        fresh = self.empty(dtype)
+        if out is None:
+            return self.view(fresh), fresh, None
+        return self.view(fresh), out, fresh

@@ -1,0 +1,231 @@
+"""Functional batch normalization: statistics, forward, backward."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+from . import _checks
+from ._layout import Plan
+from .kernels import KERNELS
+
+__all__ = ["batch_stats", "batch_norm_forward", "batch_norm_backward", "BatchNormCache"]
+
+
+class BatchNormCache:
+    """What :func:`batch_norm_backward` needs from a forward call.
+
+    Holds a reference to ``x`` and O(C) float64 vectors; treat it as opaque.
+
+    Attributes
+    ----------
+    training : bool
+        Whether the forward normalized with batch statistics.
+    stats_finite : bool
+        Whether those statistics were finite (running statistics were
+        updated only then).
+    """
+
+    __slots__ = ("x", "plan", "training", "mean", "invstd", "weight", "count", "stats_finite")
+
+    def __init__(self, x, plan, training, mean, invstd, weight, count, stats_finite):
+        self.x = x
+        self.plan = plan
+        self.training = training
+        self.mean = mean
+        self.invstd = invstd
+        self.weight = weight
+        self.count = count
+        self.stats_finite = stats_finite
+
+    def __repr__(self) -> str:
+        mode = "training" if self.training else "eval"
+        return f"BatchNormCache({mode}, x shape {self.x.shape}, dtype {self.x.dtype})"
+
+
+def _run(op: str, plan: Plan, size: int, *args) -> None:
+    KERNELS[op][plan.kind](size, *args)
+
+
+def _moments(x: np.ndarray, plan: Plan) -> tuple[np.ndarray, np.ndarray]:
+    c = x.shape[plan.axis]
+    mean = np.empty(c)
+    var = np.empty(c)
+    _run("stats", plan, x.size, plan.view(x), mean, var)
+    return mean, var
+
+
+def _f64(v, num_channels: int, fill: float) -> np.ndarray:
+    if v is None:
+        return np.full(num_channels, fill)
+    return v.astype(np.float64)
+
+
+def batch_stats(x, *, layout: str = "NCHW") -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and biased variance.
+
+    Parameters
+    ----------
+    x : array_like, float32 or float64, rank 2 to 5
+        Input batch, any strides.
+    layout : {"NCHW", "NHWC"}
+        Channel axis 1 (``"NCHW"``) or last (``"NHWC"``).
+
+    Returns
+    -------
+    mean, var : ndarray, shape (C,), dtype of ``x``
+        Computed with float64 accumulation and a blocked two-pass scheme, as
+        accurate as a float64 two-pass reference.
+    """
+    x = _checks.tensor(x)
+    axis, _ = _checks.channels(x, layout)
+    mean, var = _moments(x, Plan(x, axis))
+    return mean.astype(x.dtype), var.astype(x.dtype)
+
+
+def batch_norm_forward(
+    x,
+    weight=None,
+    bias=None,
+    *,
+    training: bool = True,
+    running_mean: np.ndarray | None = None,
+    running_var: np.ndarray | None = None,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+    layout: str = "NCHW",
+    out: np.ndarray | None = None,
+) -> tuple[np.ndarray, BatchNormCache]:
+    """Batch normalization forward pass.
+
+    Parameters
+    ----------
+    x : array_like, float32 or float64, rank 2 to 5
+        Input batch, any strides; never written.
+    weight, bias : array_like, shape (C,), optional
+        Per-channel scale (default ones) and shift (default zeros).
+    training : bool
+        Normalize with the batch statistics (and update the running
+        statistics, if given), else with ``running_mean``/``running_var``.
+    running_mean, running_var : ndarray, shape (C,), optional
+        Running statistics. In training they are updated in place:
+        ``r = (1 - momentum) * r + momentum * s``, with the unbiased batch
+        variance ``var * m / (m - 1)``, ``m`` values per channel. Required
+        in eval mode.
+    momentum : float in [0, 1]
+        Weight of the current batch in the running statistics.
+    eps : float > 0
+        Added to the variance before the square root.
+    layout : {"NCHW", "NHWC"}
+        Channel axis 1 or last.
+    out : ndarray, optional
+        Receives the output (shape and dtype of ``x``, not overlapping it).
+
+    Returns
+    -------
+    y : ndarray
+        ``(x - mean) / sqrt(var + eps) * weight + bias``, dtype of ``x``.
+    cache : BatchNormCache
+        Input to :func:`batch_norm_backward`.
+
+    Warns
+    -----
+    RuntimeWarning
+        When the batch statistics are not finite; the running statistics
+        are then left unchanged.
+    """
+    x = _checks.tensor(x)
+    axis, c = _checks.channels(x, layout)
+    m = _checks.values_per_channel(x, c, training)
+    eps = _checks.eps(eps)
+    momentum = _checks.momentum(momentum)
+    weight = _checks.channel_vector(weight, "weight", c)
+    bias = _checks.channel_vector(bias, "bias", c)
+    rmean = _checks.channel_vector(running_mean, "running_mean", c, in_place=training)
+    rvar = _checks.channel_vector(running_var, "running_var", c, in_place=training)
+    if (rmean is None) != (rvar is None) or (not training and rmean is None):
+        need = "both or neither" if training else "both (eval mode normalizes with them)"
+        raise ValueError(
+            f"running_mean and running_var: expected {need}, got "
+            f"running_mean={'None' if rmean is None else 'an array'}, "
+            f"running_var={'None' if rvar is None else 'an array'}"
+        )
+    out = _checks.out_array(out, x)
+
+    plan = Plan(x, axis)
+    finite = True
+    if training:
+        mean, var = _moments(x, plan)
+        finite = bool(np.isfinite(mean).all() and np.isfinite(var).all())
+    else:
+        mean, var = rmean.astype(np.float64), rvar.astype(np.float64)
+    invstd = 1.0 / np.sqrt(var + eps)
+    w = None if weight is None else weight.astype(np.float64)
+    scale = invstd if w is None else invstd * w
+
+    yv, y, scratch = plan.output(out, x.dtype)
+    _run("affine", plan, x.size, plan.view(x), mean, scale, _f64(bias, c, 0.0), yv)
+    if scratch is not None:
+        y[...] = scratch
+
+    if training and rmean is not None:
+        if finite:
+            rmean[...] = (1.0 - momentum) * rmean + momentum * mean
+            rvar[...] = (1.0 - momentum) * rvar + momentum * var * (m / (m - 1))
+        else:
+            warnings.warn(
+                "batch statistics are not finite (NaN or Inf in the input); "
+                "running statistics were not updated",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+    return y, BatchNormCache(x, plan, training, mean, invstd, w, m, finite)
+
+
+def batch_norm_backward(dy, cache: BatchNormCache) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Gradients of ``sum(dy * y)`` for the forward call that gave ``cache``.
+
+    Parameters
+    ----------
+    dy : array_like
+        Gradient of the loss with respect to ``y`` (shape and dtype of ``x``).
+    cache : BatchNormCache
+        From :func:`batch_norm_forward`, training or eval mode (in eval mode
+        the statistics are constants).
+
+    Returns
+    -------
+    dx : ndarray
+        Gradient with respect to ``x``, dtype of ``x``.
+    dweight, dbias : ndarray, shape (C,)
+        Gradients with respect to weight and bias (also when the forward
+        had none), dtype of ``x``.
+    """
+    if not isinstance(cache, BatchNormCache):
+        raise TypeError(
+            f"cache must be the BatchNormCache returned by batch_norm_forward, "
+            f"got {type(cache).__name__}"
+        )
+    x, plan = cache.x, cache.plan
+    dy = _checks.grad_output(dy, x)
+    c = x.shape[plan.axis]
+    xv, dyv = plan.view(x), plan.view(dy)
+
+    sum_dy = np.empty(c)
+    sum_dy_xc = np.empty(c)
+    _run("grad_sums", plan, 2 * x.size, dyv, xv, cache.mean, sum_dy, sum_dy_xc)
+    invstd = cache.invstd
+    k_dy = invstd if cache.weight is None else invstd * cache.weight
+
+    dxv, dx, _ = plan.output(None, x.dtype)
+    if cache.training:
+        m = cache.count
+        k_x = -k_dy * invstd * invstd * sum_dy_xc / m
+        k_0 = -k_dy * sum_dy / m
+        _run("grad_input", plan, 2 * x.size, dyv, xv, cache.mean, k_dy, k_x, k_0, dxv)
+    else:
+        zeros = np.zeros(c)
+        _run("affine", plan, x.size, dyv, zeros, k_dy, zeros, dxv)
+    dtype = x.dtype
+    return dx, (sum_dy_xc * invstd).astype(dtype), sum_dy.astype(dtype)

@@ -1,0 +1,36 @@
+"""Shared fixtures. Helpers live in helpers.py, the reference in reference.py."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+TESTS_DIR = Path(__file__).resolve().parent
+if str(TESTS_DIR) not in sys.path:  # also under --import-mode=importlib
+    sys.path.insert(0, str(TESTS_DIR))
+
+try:  # keep hypothesis runs short and free of deadline flakiness
+    from hypothesis import HealthCheck, settings
+
+    settings.register_profile(
+        "fastbn",
+        deadline=None,
+        max_examples=25,
+        suppress_health_check=[HealthCheck.too_slow],
+        derandomize=os.environ.get("FASTBN_HYPOTHESIS_RANDOM") is None,
+    )
+    settings.load_profile("fastbn")
+except ImportError:  # pragma: no cover
+    pass
+
+
+@pytest.fixture
+def rng(request):
+    """A generator seeded from the test's id: reproducible, yet different
+    data for every test."""
+    seed = sum(ord(c) * (i + 1) for i, c in enumerate(request.node.nodeid))
+    return np.random.default_rng(seed % (2**32))
