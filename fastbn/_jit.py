@@ -12,6 +12,7 @@ opens a parallel region).
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 import types
 from typing import Callable
@@ -46,8 +47,21 @@ def use_parallel(size: int) -> bool:
 
 
 def _fallback_cache_dir() -> str:
-    uid = os.getuid() if hasattr(os, "getuid") else "user"
-    return os.path.join(tempfile.gettempdir(), f"fastbn-numba-cache-{uid}")
+    """A private per-user cache directory under the system temp dir.
+
+    The cache holds code that is loaded and run, so a directory that another
+    user created or can write is never used: then a fresh one is made.
+    """
+    uid = os.getuid()
+    path = os.path.join(tempfile.gettempdir(), f"fastbn-numba-cache-{uid}")
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != uid or st.st_mode & 0o022:
+        path = tempfile.mkdtemp(prefix="fastbn-numba-cache-")
+    return path
 
 
 def _cached_njit(func: Callable, **options) -> numba.core.registry.CPUDispatcher:
