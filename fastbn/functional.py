@@ -56,10 +56,10 @@ def _moments(x: np.ndarray, plan: Plan) -> tuple[np.ndarray, np.ndarray]:
     return mean, var
 
 
-def _f64(v, num_channels: int, fill: float) -> np.ndarray:
-    if v is None:
-        return np.full(num_channels, fill)
-    return v.astype(np.float64)
+def _split(v: np.ndarray, dtype) -> tuple[np.ndarray, np.ndarray]:
+    """float64 ``v`` as ``hi + lo`` in ``dtype`` (``lo`` is 0 for float64)."""
+    hi = v.astype(dtype)
+    return hi, (v - hi).astype(dtype)
 
 
 def batch_stats(x, *, layout: str = "NCHW") -> tuple[np.ndarray, np.ndarray]:
@@ -163,9 +163,11 @@ def batch_norm_forward(
     invstd = 1.0 / np.sqrt(var + eps)
     w = None if weight is None else weight.astype(np.float64)
     scale = invstd if w is None else invstd * w
+    shift = np.zeros(c, x.dtype) if bias is None else bias.astype(x.dtype)
 
     yv, y, scratch = plan.output(out, x.dtype)
-    _run("affine", plan, x.size, plan.view(x), mean, scale, _f64(bias, c, 0.0), yv)
+    _run("affine", plan, x.size, plan.view(x), *_split(mean, x.dtype),
+         scale.astype(x.dtype), shift, yv)
     if scratch is not None:
         y[...] = scratch
 
@@ -212,20 +214,22 @@ def batch_norm_backward(dy, cache: BatchNormCache) -> tuple[np.ndarray, np.ndarr
     c = x.shape[plan.axis]
     xv, dyv = plan.view(x), plan.view(dy)
 
+    dtype = x.dtype
+    center = _split(cache.mean, dtype)
     sum_dy = np.empty(c)
     sum_dy_xc = np.empty(c)
-    _run("grad_sums", plan, 2 * x.size, dyv, xv, cache.mean, sum_dy, sum_dy_xc)
+    _run("grad_sums", plan, 2 * x.size, dyv, xv, *center, sum_dy, sum_dy_xc)
     invstd = cache.invstd
     k_dy = invstd if cache.weight is None else invstd * cache.weight
 
-    dxv, dx, _ = plan.output(None, x.dtype)
+    dxv, dx, _ = plan.output(None, dtype)
     if cache.training:
         m = cache.count
         k_x = -k_dy * invstd * invstd * sum_dy_xc / m
         k_0 = -k_dy * sum_dy / m
-        _run("grad_input", plan, 2 * x.size, dyv, xv, cache.mean, k_dy, k_x, k_0, dxv)
+        _run("grad_input", plan, 2 * x.size, dyv, xv, *center,
+             k_dy.astype(dtype), k_x.astype(dtype), k_0.astype(dtype), dxv)
     else:
-        zeros = np.zeros(c)
-        _run("affine", plan, x.size, dyv, zeros, k_dy, zeros, dxv)
-    dtype = x.dtype
+        zeros = np.zeros(c, dtype)
+        _run("affine", plan, x.size, dyv, zeros, zeros, k_dy.astype(dtype), zeros, dxv)
     return dx, (sum_dy_xc * invstd).astype(dtype), sum_dy.astype(dtype)

@@ -11,10 +11,16 @@ Work is split into tasks whose boundaries depend only on the shape, never on
 the thread count, and partial results are merged in a fixed order: results
 are bit-identical whatever the number of threads, serial or parallel.
 
-Statistics are exact in the way a two-pass algorithm is: each block of
-``BLOCK`` values (cache-resident) is summed twice, first for its mean, then
-for the squared deviations from it; blocks, tasks and channels' partials are
-combined with Chan et al.'s pairwise update on (count, mean, M2).
+Statistics are exact in the way a two-pass algorithm is: each block of at
+most ``BLOCK`` values (cache-resident) is summed twice, first for its mean,
+then for the deviations from it and their squares. Block sums run in the
+input's dtype, so float32 data vectorises at full SIMD width; a block is
+small, so they stay exact to a few ulps. Blocks, tasks and channels are then
+combined in float64 with Chan et al.'s pairwise update on (count, mean, M2).
+
+Element-wise kernels take the per-channel center as a ``hi + lo`` pair in
+the input's dtype, ``(x - hi) - lo``, so that float32 arithmetic keeps the
+accuracy of a float64 mean even when the mean dwarfs the spread.
 """
 
 from __future__ import annotations
@@ -33,6 +39,8 @@ MAX_CHUNKS = 64
 BLOCK = 4096
 #: Channels per ``_cl`` task.
 COLUMNS = 512
+#: Most rows per ``_cl`` block: bounds the terms a block accumulator sums.
+ROWS = 256
 
 
 @helper
@@ -53,20 +61,26 @@ def _chan(n_a, mean_a, m2_a, n_b, mean_b, m2_b):
 
 
 @helper
+def _block_moments(s, s2, nb, center):
+    """(mean, M2) of a block from the sums of deviations about ``center``."""
+    return center + s / nb, s2 - s * s / nb
+
+
+@helper
 def _cf_sums(x, c, j0, j1, center):
-    """Sum of ``d`` and ``d**2``, ``d = x - center``, over values ``j0:j1`` of
-    channel ``c`` of an ``(A, C, B)`` view, value ``j`` being ``x[j // B, c,
-    j % B]``."""
+    """Sums of ``d`` and ``d**2``, ``d = x - center``, in x's dtype, over
+    values ``j0:j1`` of channel ``c`` of an ``(A, C, B)`` view (value ``j``
+    is ``x[j // B, c, j % B]``)."""
     nb = x.shape[2]
     a = j0 // nb
     b = j0 - a * nb
-    s = 0.0
-    s2 = 0.0
+    s = center - center
+    s2 = s
     j = j0
     while j < j1:
         run = min(nb - b, j1 - j)
         for q in range(b, b + run):
-            d = np.float64(x[a, c, q]) - center
+            d = x[a, c, q] - center
             s += d
             s2 += d * d
         j += run
@@ -76,9 +90,25 @@ def _cf_sums(x, c, j0, j1, center):
 
 
 @helper
-def _block_moments(s, s2, nb, center):
-    """(mean, M2) of a block from sums of deviations about ``center``."""
-    return center + s / nb, s2 - s * s / nb
+def _cf_grad_sums(dy, x, c, j0, j1, center_hi, center_lo):
+    """Sums of ``dy`` and ``dy * (x - center)`` in x's dtype over values
+    ``j0:j1`` of channel ``c`` (as :func:`_cf_sums`)."""
+    nb = x.shape[2]
+    a = j0 // nb
+    b = j0 - a * nb
+    s = center_hi - center_hi
+    sx = s
+    j = j0
+    while j < j1:
+        run = min(nb - b, j1 - j)
+        for q in range(b, b + run):
+            g = dy[a, c, q]
+            s += g
+            sx += g * ((x[a, c, q] - center_hi) - center_lo)
+        j += run
+        a += 1
+        b = 0
+    return s, sx
 
 
 @kernel
@@ -95,16 +125,17 @@ def stats_cf(x, mean, var):
         c = t // nch
         k = t - c * nch
         j1 = min(m, k * size + size)
+        zero = x.dtype.type(0)
         n = 0.0
         mu = 0.0
         m2 = 0.0
         for j in range(k * size, j1, BLOCK):
             je = min(j1, j + BLOCK)
             cnt = np.float64(je - j)
-            s, _ = _cf_sums(x, c, j, je, 0.0)
-            center = s / cnt
+            s, _ = _cf_sums(x, c, j, je, zero)
+            center = x.dtype.type(s / cnt)
             s, s2 = _cf_sums(x, c, j, je, center)
-            mb, m2b = _block_moments(s, s2, cnt, center)
+            mb, m2b = _block_moments(np.float64(s), np.float64(s2), cnt, np.float64(center))
             n, mu, m2 = _chan(n, mu, m2, cnt, mb, m2b)
         part_mean[c, k] = mu
         part_m2[c, k] = m2
@@ -135,31 +166,33 @@ def stats_cl(x, mean, var):
         k0 = (t - i * ncc) * COLUMNS
         kw = min(nc, k0 + COLUMNS) - k0
         r1 = min(nr, i * rsize + rsize)
-        rows = max(1, BLOCK // kw)
+        rows = max(1, min(ROWS, BLOCK // kw))
         mu = np.zeros(kw)
         m2 = np.zeros(kw)
-        center = np.empty(kw)
-        s = np.empty(kw)
-        s2 = np.empty(kw)
+        center = np.empty(kw, x.dtype)
+        s = np.empty(kw, x.dtype)
+        s2 = np.empty(kw, x.dtype)
         n = 0.0
         for r0 in range(i * rsize, r1, rows):
             re = min(r1, r0 + rows)
             cnt = np.float64(re - r0)
-            center[:] = 0.0
+            center[:] = 0
             for r in range(r0, re):
                 for k in range(kw):
                     center[k] += x[r, k0 + k]
             for k in range(kw):
-                center[k] /= cnt
-                s[k] = 0.0
-                s2[k] = 0.0
+                center[k] = center[k] / cnt
+                s[k] = 0
+                s2[k] = 0
             for r in range(r0, re):
                 for k in range(kw):
-                    d = np.float64(x[r, k0 + k]) - center[k]
+                    d = x[r, k0 + k] - center[k]
                     s[k] += d
                     s2[k] += d * d
             for k in range(kw):
-                mb, m2b = _block_moments(s[k], s2[k], cnt, center[k])
+                mb, m2b = _block_moments(
+                    np.float64(s[k]), np.float64(s2[k]), cnt, np.float64(center[k])
+                )
                 _, mu[k], m2[k] = _chan(n, mu[k], m2[k], cnt, mb, m2b)
             n += cnt
         part_mean[i, k0:k0 + kw] = mu
@@ -176,9 +209,9 @@ def stats_cl(x, mean, var):
 
 
 @kernel
-def grad_sums_cf(dy, x, center, sum_dy, sum_dy_xc):
+def grad_sums_cf(dy, x, center_hi, center_lo, sum_dy, sum_dy_xc):
     """Per-channel ``sum(dy)`` and ``sum(dy * (x - center))`` over
-    ``(A, C, B)`` views."""
+    ``(A, C, B)`` views, ``center = center_hi + center_lo``."""
     na, nc, nb = x.shape
     m = na * nb
     nch = _n_chunks(m, CHUNK, MAX_CHUNKS)
@@ -189,21 +222,14 @@ def grad_sums_cf(dy, x, center, sum_dy, sum_dy_xc):
         c = t // nch
         k = t - c * nch
         j1 = min(m, k * size + size)
-        mc = center[c]
-        a = (k * size) // nb
-        b = k * size - a * nb
         s = 0.0
         sx = 0.0
-        j = k * size
-        while j < j1:
-            run = min(nb - b, j1 - j)
-            for q in range(b, b + run):
-                g = np.float64(dy[a, c, q])
-                s += g
-                sx += g * (np.float64(x[a, c, q]) - mc)
-            j += run
-            a += 1
-            b = 0
+        for j in range(k * size, j1, BLOCK):
+            bs, bsx = _cf_grad_sums(
+                dy, x, c, j, min(j1, j + BLOCK), center_hi[c], center_lo[c]
+            )
+            s += bs
+            sx += bsx
         part_dy[c, k] = s
         part_dyx[c, k] = sx
     for c in prange(nc):
@@ -217,9 +243,9 @@ def grad_sums_cf(dy, x, center, sum_dy, sum_dy_xc):
 
 
 @kernel
-def grad_sums_cl(dy, x, center, sum_dy, sum_dy_xc):
+def grad_sums_cl(dy, x, center_hi, center_lo, sum_dy, sum_dy_xc):
     """Per-column ``sum(dy)`` and ``sum(dy * (x - center))`` over ``(R, C)``
-    views."""
+    views, ``center = center_hi + center_lo``."""
     nr, nc = x.shape
     width = min(nc, COLUMNS)
     nrc = _n_chunks(nr, max(1, CHUNK // width), min(nr, MAX_CHUNKS))
@@ -231,13 +257,23 @@ def grad_sums_cl(dy, x, center, sum_dy, sum_dy_xc):
         i = t // ncc
         k0 = (t - i * ncc) * COLUMNS
         kw = min(nc, k0 + COLUMNS) - k0
+        r1 = min(nr, i * rsize + rsize)
+        rows = max(1, min(ROWS, BLOCK // kw))
         s = np.zeros(kw)
         sx = np.zeros(kw)
-        for r in range(i * rsize, min(nr, i * rsize + rsize)):
+        bs = np.empty(kw, x.dtype)
+        bsx = np.empty(kw, x.dtype)
+        for r0 in range(i * rsize, r1, rows):
+            bs[:] = 0
+            bsx[:] = 0
+            for r in range(r0, min(r1, r0 + rows)):
+                for k in range(kw):
+                    g = dy[r, k0 + k]
+                    bs[k] += g
+                    bsx[k] += g * ((x[r, k0 + k] - center_hi[k0 + k]) - center_lo[k0 + k])
             for k in range(kw):
-                g = np.float64(dy[r, k0 + k])
-                s[k] += g
-                sx[k] += g * (np.float64(x[r, k0 + k]) - center[k0 + k])
+                s[k] += bs[k]
+                sx[k] += bsx[k]
         part_dy[i, k0:k0 + kw] = s
         part_dyx[i, k0:k0 + kw] = sx
     for k in prange(nc):
@@ -251,9 +287,9 @@ def grad_sums_cl(dy, x, center, sum_dy, sum_dy_xc):
 
 
 @kernel
-def affine_cf(x, center, scale, shift, y):
+def affine_cf(x, center_hi, center_lo, scale, shift, y):
     """``y = (x - center) * scale + shift`` per channel of ``(A, C, B)``
-    views, computed in float64."""
+    views, ``center = center_hi + center_lo`` (all in x's dtype)."""
     na, nc, nb = x.shape
     nq = (nb + CHUNK - 1) // CHUNK
     for t in prange(na * nc * nq):
@@ -261,29 +297,30 @@ def affine_cf(x, center, scale, shift, y):
         b0 = (t - row * nq) * CHUNK
         a = row // nc
         c = row - a * nc
-        mc = center[c]
+        hi = center_hi[c]
+        lo = center_lo[c]
         sc = scale[c]
         sh = shift[c]
         for b in range(b0, min(nb, b0 + CHUNK)):
-            y[a, c, b] = (np.float64(x[a, c, b]) - mc) * sc + sh
+            y[a, c, b] = ((x[a, c, b] - hi) - lo) * sc + sh
 
 
 @kernel
-def affine_cl(x, center, scale, shift, y):
+def affine_cl(x, center_hi, center_lo, scale, shift, y):
     """``y = (x - center) * scale + shift`` per column of ``(R, C)`` views,
-    computed in float64."""
+    ``center = center_hi + center_lo`` (all in x's dtype)."""
     nr, nc = x.shape
     rows = max(1, CHUNK // nc)
     for t in prange((nr + rows - 1) // rows):
         for r in range(t * rows, min(nr, t * rows + rows)):
             for k in range(nc):
-                y[r, k] = (np.float64(x[r, k]) - center[k]) * scale[k] + shift[k]
+                y[r, k] = ((x[r, k] - center_hi[k]) - center_lo[k]) * scale[k] + shift[k]
 
 
 @kernel
-def grad_input_cf(dy, x, center, k_dy, k_x, k_0, dx):
+def grad_input_cf(dy, x, center_hi, center_lo, k_dy, k_x, k_0, dx):
     """``dx = k_dy * dy + k_x * (x - center) + k_0`` per channel of
-    ``(A, C, B)`` views, computed in float64."""
+    ``(A, C, B)`` views, ``center = center_hi + center_lo``."""
     na, nc, nb = x.shape
     nq = (nb + CHUNK - 1) // CHUNK
     for t in prange(na * nc * nq):
@@ -291,26 +328,27 @@ def grad_input_cf(dy, x, center, k_dy, k_x, k_0, dx):
         b0 = (t - row * nq) * CHUNK
         a = row // nc
         c = row - a * nc
-        mc = center[c]
+        hi = center_hi[c]
+        lo = center_lo[c]
         g = k_dy[c]
         h = k_x[c]
         e = k_0[c]
         for b in range(b0, min(nb, b0 + CHUNK)):
-            dx[a, c, b] = g * np.float64(dy[a, c, b]) + h * (np.float64(x[a, c, b]) - mc) + e
+            dx[a, c, b] = g * dy[a, c, b] + h * ((x[a, c, b] - hi) - lo) + e
 
 
 @kernel
-def grad_input_cl(dy, x, center, k_dy, k_x, k_0, dx):
+def grad_input_cl(dy, x, center_hi, center_lo, k_dy, k_x, k_0, dx):
     """``dx = k_dy * dy + k_x * (x - center) + k_0`` per column of ``(R, C)``
-    views, computed in float64."""
+    views, ``center = center_hi + center_lo``."""
     nr, nc = x.shape
     rows = max(1, CHUNK // nc)
     for t in prange((nr + rows - 1) // rows):
         for r in range(t * rows, min(nr, t * rows + rows)):
             for k in range(nc):
                 dx[r, k] = (
-                    k_dy[k] * np.float64(dy[r, k])
-                    + k_x[k] * (np.float64(x[r, k]) - center[k])
+                    k_dy[k] * dy[r, k]
+                    + k_x[k] * ((x[r, k] - center_hi[k]) - center_lo[k])
                     + k_0[k]
                 )
 
