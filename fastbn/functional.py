@@ -56,10 +56,12 @@ def _moments(x: np.ndarray, plan: Plan) -> tuple[np.ndarray, np.ndarray]:
     return mean, var
 
 
-def _split(v: np.ndarray, dtype) -> tuple[np.ndarray, np.ndarray]:
-    """float64 ``v`` as ``hi + lo`` in ``dtype`` (``lo`` is 0 for float64)."""
-    hi = v.astype(dtype)
-    return hi, (v - hi).astype(dtype)
+def _affine_args(center, scale, shift, dtype) -> tuple[np.ndarray, ...]:
+    """float64 ``(center, scale, shift)`` of ``(x - center) * scale + shift``
+    in ``dtype``, the center's rounding error moved into the shift."""
+    c = center.astype(dtype)
+    shift = shift - (center - c) * scale
+    return c, scale.astype(dtype), shift.astype(dtype)
 
 
 def batch_stats(x, *, layout: str = "NCHW") -> tuple[np.ndarray, np.ndarray]:
@@ -163,11 +165,10 @@ def batch_norm_forward(
     invstd = 1.0 / np.sqrt(var + eps)
     w = None if weight is None else weight.astype(np.float64)
     scale = invstd if w is None else invstd * w
-    shift = np.zeros(c, x.dtype) if bias is None else bias.astype(x.dtype)
+    shift = np.zeros(c) if bias is None else bias.astype(np.float64)
 
     yv, y, scratch = plan.output(out, x.dtype)
-    _run("affine", plan, x.size, plan.view(x), *_split(mean, x.dtype),
-         scale.astype(x.dtype), shift, yv)
+    _run("affine", plan, x.size, plan.view(x), *_affine_args(mean, scale, shift, x.dtype), yv)
     if scratch is not None:
         y[...] = scratch
 
@@ -215,10 +216,11 @@ def batch_norm_backward(dy, cache: BatchNormCache) -> tuple[np.ndarray, np.ndarr
     xv, dyv = plan.view(x), plan.view(dy)
 
     dtype = x.dtype
-    center = _split(cache.mean, dtype)
+    center = cache.mean.astype(dtype)
     sum_dy = np.empty(c)
     sum_dy_xc = np.empty(c)
-    _run("grad_sums", plan, 2 * x.size, dyv, xv, *center, sum_dy, sum_dy_xc)
+    _run("grad_sums", plan, 2 * x.size, dyv, xv, center, sum_dy, sum_dy_xc)
+    sum_dy_xc -= (cache.mean - center) * sum_dy
     invstd = cache.invstd
     k_dy = invstd if cache.weight is None else invstd * cache.weight
 
@@ -226,10 +228,10 @@ def batch_norm_backward(dy, cache: BatchNormCache) -> tuple[np.ndarray, np.ndarr
     if cache.training:
         m = cache.count
         k_x = -k_dy * invstd * invstd * sum_dy_xc / m
-        k_0 = -k_dy * sum_dy / m
-        _run("grad_input", plan, 2 * x.size, dyv, xv, *center,
+        k_0 = -k_dy * sum_dy / m - (cache.mean - center) * k_x
+        _run("grad_input", plan, 2 * x.size, dyv, xv, center,
              k_dy.astype(dtype), k_x.astype(dtype), k_0.astype(dtype), dxv)
     else:
-        zeros = np.zeros(c, dtype)
-        _run("affine", plan, x.size, dyv, zeros, zeros, k_dy.astype(dtype), zeros, dxv)
+        zeros = np.zeros(c)
+        _run("affine", plan, x.size, dyv, *_affine_args(zeros, k_dy, zeros, dtype), dxv)
     return dx, (sum_dy_xc * invstd).astype(dtype), sum_dy.astype(dtype)

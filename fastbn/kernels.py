@@ -18,9 +18,10 @@ input's dtype, so float32 data vectorises at full SIMD width; a block is
 small, so they stay exact to a few ulps. Blocks, tasks and channels are then
 combined in float64 with Chan et al.'s pairwise update on (count, mean, M2).
 
-Element-wise kernels take the per-channel center as a ``hi + lo`` pair in
-the input's dtype, ``(x - hi) - lo``, so that float32 arithmetic keeps the
-accuracy of a float64 mean even when the mean dwarfs the spread.
+Element-wise kernels compute ``(x - center) * scale + shift`` with the
+center kept apart from the shift: ``x - center`` is exact when the mean
+dwarfs the spread, so float32 arithmetic keeps the accuracy of the float64
+statistics (the caller folds the center's rounding error into the shift).
 """
 
 from __future__ import annotations
@@ -41,6 +42,9 @@ BLOCK = 4096
 COLUMNS = 512
 #: Most rows per ``_cl`` block: bounds the terms a block accumulator sums.
 ROWS = 256
+#: Values (``_cf``) or rows (``_cl``) a task averages for its first shift.
+PILOT = 64
+PILOT_ROWS = 16
 
 
 @helper
@@ -79,8 +83,9 @@ def _cf_sums(x, c, j0, j1, center):
     j = j0
     while j < j1:
         run = min(nb - b, j1 - j)
-        for q in range(b, b + run):
-            d = x[a, c, q] - center
+        xr = x[a, c, b:b + run]
+        for q in range(run):
+            d = xr[q] - center
             s += d
             s2 += d * d
         j += run
@@ -90,25 +95,67 @@ def _cf_sums(x, c, j0, j1, center):
 
 
 @helper
-def _cf_grad_sums(dy, x, c, j0, j1, center_hi, center_lo):
+def _cancels(s, s2, cnt):
+    """Whether shifted sums lost more than 2 bits to cancellation, i.e. the
+    shift lies too far from the block's mean for its spread."""
+    s = np.float64(s)
+    return s * s > 0.75 * cnt * np.float64(s2)
+
+
+@helper
+def _cf_grad_sums(dy, x, c, j0, j1, center):
     """Sums of ``dy`` and ``dy * (x - center)`` in x's dtype over values
     ``j0:j1`` of channel ``c`` (as :func:`_cf_sums`)."""
     nb = x.shape[2]
     a = j0 // nb
     b = j0 - a * nb
-    s = center_hi - center_hi
+    s = center - center
     sx = s
     j = j0
     while j < j1:
         run = min(nb - b, j1 - j)
-        for q in range(b, b + run):
-            g = dy[a, c, q]
+        gr = dy[a, c, b:b + run]
+        xr = x[a, c, b:b + run]
+        for q in range(run):
+            g = gr[q]
             s += g
-            sx += g * ((x[a, c, q] - center_hi) - center_lo)
+            sx += g * (xr[q] - center)
         j += run
         a += 1
         b = 0
     return s, sx
+
+
+@helper
+def _cl_sums(x, r0, r1, k0, center, s, s2):
+    """Per-column sums of ``d`` and ``d**2``, ``d = x - center``, over rows
+    ``r0:r1`` and columns ``k0:k0 + len(center)``, into ``s`` and ``s2``.
+    Four rows a step: the accumulators are read and written once per four."""
+    kw = center.size
+    s[:] = 0
+    s2[:] = 0
+    r = r0
+    while r < r1:
+        if r + 4 <= r1:
+            x0 = x[r, k0:k0 + kw]
+            x1 = x[r + 1, k0:k0 + kw]
+            x2 = x[r + 2, k0:k0 + kw]
+            x3 = x[r + 3, k0:k0 + kw]
+            for k in range(kw):
+                d0 = x0[k] - center[k]
+                d1 = x1[k] - center[k]
+                d2 = x2[k] - center[k]
+                d3 = x3[k] - center[k]
+                s[k] += (d0 + d1) + (d2 + d3)
+                s2[k] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)
+            r += 4
+        else:
+            xr = x[r, k0:k0 + kw]
+            for k in range(kw):
+                d = xr[k] - center[k]
+                s[k] += d
+                s2[k] += d * d
+            r += 1
 
 
 @kernel
@@ -124,19 +171,24 @@ def stats_cf(x, mean, var):
     for t in prange(nc * nch):
         c = t // nch
         k = t - c * nch
-        j1 = min(m, k * size + size)
-        zero = x.dtype.type(0)
+        j0 = k * size
+        j1 = min(m, j0 + size)
+        pilot = min(PILOT, j1 - j0)
+        s, _ = _cf_sums(x, c, j0, j0 + pilot, x.dtype.type(0))
+        shift = x.dtype.type(s / pilot)
         n = 0.0
         mu = 0.0
         m2 = 0.0
-        for j in range(k * size, j1, BLOCK):
+        for j in range(j0, j1, BLOCK):
             je = min(j1, j + BLOCK)
             cnt = np.float64(je - j)
-            s, _ = _cf_sums(x, c, j, je, zero)
-            center = x.dtype.type(s / cnt)
-            s, s2 = _cf_sums(x, c, j, je, center)
-            mb, m2b = _block_moments(np.float64(s), np.float64(s2), cnt, np.float64(center))
+            s, s2 = _cf_sums(x, c, j, je, shift)
+            if _cancels(s, s2, cnt):
+                shift = x.dtype.type(shift + s / cnt)
+                s, s2 = _cf_sums(x, c, j, je, shift)
+            mb, m2b = _block_moments(np.float64(s), np.float64(s2), cnt, np.float64(shift))
             n, mu, m2 = _chan(n, mu, m2, cnt, mb, m2b)
+            shift = x.dtype.type(mu)
         part_mean[c, k] = mu
         part_m2[c, k] = m2
     for c in prange(nc):
@@ -165,35 +217,39 @@ def stats_cl(x, mean, var):
         i = t // ncc
         k0 = (t - i * ncc) * COLUMNS
         kw = min(nc, k0 + COLUMNS) - k0
-        r1 = min(nr, i * rsize + rsize)
+        r0 = i * rsize
+        r1 = min(nr, r0 + rsize)
         rows = max(1, min(ROWS, BLOCK // kw))
         mu = np.zeros(kw)
         m2 = np.zeros(kw)
-        center = np.empty(kw, x.dtype)
+        shift = np.zeros(kw, x.dtype)
         s = np.empty(kw, x.dtype)
         s2 = np.empty(kw, x.dtype)
-        n = 0.0
-        for r0 in range(i * rsize, r1, rows):
-            re = min(r1, r0 + rows)
-            cnt = np.float64(re - r0)
-            center[:] = 0
-            for r in range(r0, re):
-                for k in range(kw):
-                    center[k] += x[r, k0 + k]
+        pilot = min(PILOT_ROWS, r1 - r0)
+        for r in range(r0, r0 + pilot):
+            xr = x[r, k0:k0 + kw]
             for k in range(kw):
-                center[k] = center[k] / cnt
-                s[k] = 0
-                s2[k] = 0
-            for r in range(r0, re):
+                shift[k] += xr[k]
+        for k in range(kw):
+            shift[k] = shift[k] / pilot
+        n = 0.0
+        for rb in range(r0, r1, rows):
+            re = min(r1, rb + rows)
+            cnt = np.float64(re - rb)
+            _cl_sums(x, rb, re, k0, shift, s, s2)
+            redo = False
+            for k in range(kw):
+                redo |= _cancels(s[k], s2[k], cnt)
+            if redo:
                 for k in range(kw):
-                    d = x[r, k0 + k] - center[k]
-                    s[k] += d
-                    s2[k] += d * d
+                    shift[k] = shift[k] + s[k] / cnt
+                _cl_sums(x, rb, re, k0, shift, s, s2)
             for k in range(kw):
                 mb, m2b = _block_moments(
-                    np.float64(s[k]), np.float64(s2[k]), cnt, np.float64(center[k])
+                    np.float64(s[k]), np.float64(s2[k]), cnt, np.float64(shift[k])
                 )
                 _, mu[k], m2[k] = _chan(n, mu[k], m2[k], cnt, mb, m2b)
+                shift[k] = mu[k]
             n += cnt
         part_mean[i, k0:k0 + kw] = mu
         part_m2[i, k0:k0 + kw] = m2
@@ -209,9 +265,9 @@ def stats_cl(x, mean, var):
 
 
 @kernel
-def grad_sums_cf(dy, x, center_hi, center_lo, sum_dy, sum_dy_xc):
+def grad_sums_cf(dy, x, center, sum_dy, sum_dy_xc):
     """Per-channel ``sum(dy)`` and ``sum(dy * (x - center))`` over
-    ``(A, C, B)`` views, ``center = center_hi + center_lo``."""
+    ``(A, C, B)`` views."""
     na, nc, nb = x.shape
     m = na * nb
     nch = _n_chunks(m, CHUNK, MAX_CHUNKS)
@@ -225,9 +281,7 @@ def grad_sums_cf(dy, x, center_hi, center_lo, sum_dy, sum_dy_xc):
         s = 0.0
         sx = 0.0
         for j in range(k * size, j1, BLOCK):
-            bs, bsx = _cf_grad_sums(
-                dy, x, c, j, min(j1, j + BLOCK), center_hi[c], center_lo[c]
-            )
+            bs, bsx = _cf_grad_sums(dy, x, c, j, min(j1, j + BLOCK), center[c])
             s += bs
             sx += bsx
         part_dy[c, k] = s
@@ -243,9 +297,9 @@ def grad_sums_cf(dy, x, center_hi, center_lo, sum_dy, sum_dy_xc):
 
 
 @kernel
-def grad_sums_cl(dy, x, center_hi, center_lo, sum_dy, sum_dy_xc):
+def grad_sums_cl(dy, x, center, sum_dy, sum_dy_xc):
     """Per-column ``sum(dy)`` and ``sum(dy * (x - center))`` over ``(R, C)``
-    views, ``center = center_hi + center_lo``."""
+    views."""
     nr, nc = x.shape
     width = min(nc, COLUMNS)
     nrc = _n_chunks(nr, max(1, CHUNK // width), min(nr, MAX_CHUNKS))
@@ -263,14 +317,29 @@ def grad_sums_cl(dy, x, center_hi, center_lo, sum_dy, sum_dy_xc):
         sx = np.zeros(kw)
         bs = np.empty(kw, x.dtype)
         bsx = np.empty(kw, x.dtype)
+        ck = center[k0:k0 + kw]
         for r0 in range(i * rsize, r1, rows):
             bs[:] = 0
             bsx[:] = 0
-            for r in range(r0, min(r1, r0 + rows)):
-                for k in range(kw):
-                    g = dy[r, k0 + k]
-                    bs[k] += g
-                    bsx[k] += g * ((x[r, k0 + k] - center_hi[k0 + k]) - center_lo[k0 + k])
+            r = r0
+            re = min(r1, r0 + rows)
+            while r < re:
+                if r + 2 <= re:
+                    g0 = dy[r, k0:k0 + kw]
+                    g1 = dy[r + 1, k0:k0 + kw]
+                    x0 = x[r, k0:k0 + kw]
+                    x1 = x[r + 1, k0:k0 + kw]
+                    for k in range(kw):
+                        bs[k] += g0[k] + g1[k]
+                        bsx[k] += g0[k] * (x0[k] - ck[k]) + g1[k] * (x1[k] - ck[k])
+                    r += 2
+                else:
+                    g0 = dy[r, k0:k0 + kw]
+                    x0 = x[r, k0:k0 + kw]
+                    for k in range(kw):
+                        bs[k] += g0[k]
+                        bsx[k] += g0[k] * (x0[k] - ck[k])
+                    r += 1
             for k in range(kw):
                 s[k] += bs[k]
                 sx[k] += bsx[k]
@@ -287,9 +356,9 @@ def grad_sums_cl(dy, x, center_hi, center_lo, sum_dy, sum_dy_xc):
 
 
 @kernel
-def affine_cf(x, center_hi, center_lo, scale, shift, y):
+def affine_cf(x, center, scale, shift, y):
     """``y = (x - center) * scale + shift`` per channel of ``(A, C, B)``
-    views, ``center = center_hi + center_lo`` (all in x's dtype)."""
+    views."""
     na, nc, nb = x.shape
     nq = (nb + CHUNK - 1) // CHUNK
     for t in prange(na * nc * nq):
@@ -297,30 +366,32 @@ def affine_cf(x, center_hi, center_lo, scale, shift, y):
         b0 = (t - row * nq) * CHUNK
         a = row // nc
         c = row - a * nc
-        hi = center_hi[c]
-        lo = center_lo[c]
+        mc = center[c]
         sc = scale[c]
         sh = shift[c]
-        for b in range(b0, min(nb, b0 + CHUNK)):
-            y[a, c, b] = ((x[a, c, b] - hi) - lo) * sc + sh
+        xr = x[a, c, b0:b0 + CHUNK]
+        yr = y[a, c, b0:b0 + CHUNK]
+        for b in range(xr.size):
+            yr[b] = (xr[b] - mc) * sc + sh
 
 
 @kernel
-def affine_cl(x, center_hi, center_lo, scale, shift, y):
-    """``y = (x - center) * scale + shift`` per column of ``(R, C)`` views,
-    ``center = center_hi + center_lo`` (all in x's dtype)."""
+def affine_cl(x, center, scale, shift, y):
+    """``y = (x - center) * scale + shift`` per column of ``(R, C)`` views."""
     nr, nc = x.shape
     rows = max(1, CHUNK // nc)
     for t in prange((nr + rows - 1) // rows):
         for r in range(t * rows, min(nr, t * rows + rows)):
+            xr = x[r]
+            yr = y[r]
             for k in range(nc):
-                y[r, k] = ((x[r, k] - center_hi[k]) - center_lo[k]) * scale[k] + shift[k]
+                yr[k] = (xr[k] - center[k]) * scale[k] + shift[k]
 
 
 @kernel
-def grad_input_cf(dy, x, center_hi, center_lo, k_dy, k_x, k_0, dx):
+def grad_input_cf(dy, x, center, k_dy, k_x, k_0, dx):
     """``dx = k_dy * dy + k_x * (x - center) + k_0`` per channel of
-    ``(A, C, B)`` views, ``center = center_hi + center_lo``."""
+    ``(A, C, B)`` views."""
     na, nc, nb = x.shape
     nq = (nb + CHUNK - 1) // CHUNK
     for t in prange(na * nc * nq):
@@ -328,29 +399,30 @@ def grad_input_cf(dy, x, center_hi, center_lo, k_dy, k_x, k_0, dx):
         b0 = (t - row * nq) * CHUNK
         a = row // nc
         c = row - a * nc
-        hi = center_hi[c]
-        lo = center_lo[c]
+        mc = center[c]
         g = k_dy[c]
         h = k_x[c]
         e = k_0[c]
-        for b in range(b0, min(nb, b0 + CHUNK)):
-            dx[a, c, b] = g * dy[a, c, b] + h * ((x[a, c, b] - hi) - lo) + e
+        gr = dy[a, c, b0:b0 + CHUNK]
+        xr = x[a, c, b0:b0 + CHUNK]
+        dr = dx[a, c, b0:b0 + CHUNK]
+        for b in range(xr.size):
+            dr[b] = g * gr[b] + h * (xr[b] - mc) + e
 
 
 @kernel
-def grad_input_cl(dy, x, center_hi, center_lo, k_dy, k_x, k_0, dx):
+def grad_input_cl(dy, x, center, k_dy, k_x, k_0, dx):
     """``dx = k_dy * dy + k_x * (x - center) + k_0`` per column of ``(R, C)``
-    views, ``center = center_hi + center_lo``."""
+    views."""
     nr, nc = x.shape
     rows = max(1, CHUNK // nc)
     for t in prange((nr + rows - 1) // rows):
         for r in range(t * rows, min(nr, t * rows + rows)):
+            gr = dy[r]
+            xr = x[r]
+            dr = dx[r]
             for k in range(nc):
-                dx[r, k] = (
-                    k_dy[k] * dy[r, k]
-                    + k_x[k] * ((x[r, k] - center_hi[k]) - center_lo[k])
-                    + k_0[k]
-                )
+                dr[k] = k_dy[k] * gr[k] + k_x[k] * (xr[k] - center[k]) + k_0[k]
 
 
 KERNELS = {
