@@ -1,0 +1,130 @@
+"""asv benchmarks for fastbn.
+
+Times every op × layout × dtype × shape, peak memory of forward and
+backward, import + first call in a fresh interpreter, a thread sweep, and
+each op's time as a ratio to a parallel copy of the same array measured in
+the same process (``track_``), so that regressions show as a ratio rather
+than as machine noise. Cases and peers are shared with
+``benchmarks/compare.py`` through ``fastbn.benchmark``.
+"""
+
+import numba
+import numpy as np
+
+from fastbn.benchmark import DTYPES, LARGE, LAYOUTS, OPS, SHAPES, Case, median_ms
+
+
+class TimeOps:
+    """Wall time of one call (JIT warmed in setup)."""
+
+    params = (list(OPS), list(LAYOUTS), list(DTYPES), list(SHAPES))
+    param_names = ["op", "layout", "dtype", "shape"]
+
+    def setup(self, op, layout, dtype, shape):
+        self.fn = Case(SHAPES[shape], layout, dtype).fastbn(op)
+        self.fn()
+
+    def time_op(self, op, layout, dtype, shape):
+        self.fn()
+
+
+class TimeThreads:
+    """Thread sweep of the large float32 shapes (1, 2 and all threads)."""
+
+    params = (list(OPS), list(LAYOUTS), [1, 2, "max"])
+    param_names = ["op", "layout", "threads"]
+    timeout = 120
+
+    def setup(self, op, layout, threads):
+        self.saved = numba.get_num_threads()
+        numba.set_num_threads(numba.config.NUMBA_NUM_THREADS if threads == "max"
+                              else min(threads, numba.config.NUMBA_NUM_THREADS))
+        self.fn = Case(SHAPES["32x64x56x56"], layout, "float32").fastbn(op)
+        self.fn()
+
+    def teardown(self, op, layout, threads):
+        numba.set_num_threads(self.saved)
+
+    def time_op(self, op, layout, threads):
+        self.fn()
+
+
+class TrackCopies:
+    """Time of an op in parallel copies of the same array, same process."""
+
+    params = (list(OPS), list(LAYOUTS), list(LARGE))
+    param_names = ["op", "layout", "shape"]
+    unit = "copies"
+    timeout = 120
+
+    def setup(self, op, layout, shape):
+        self.case = Case(SHAPES[shape], layout, "float32")
+        self.fn = self.case.fastbn(op)
+
+    def track_copies(self, op, layout, shape):
+        copy = median_ms(self.case.copy, 21)
+        return median_ms(self.fn, 21) / copy
+
+
+class PeakMemory:
+    """Peak resident memory of a process running forward or backward."""
+
+    params = (list(LAYOUTS), list(LARGE))
+    param_names = ["layout", "shape"]
+
+    def setup(self, layout, shape):
+        self.case = Case(SHAPES[shape], layout, "float32")
+        self.forward = self.case.fastbn("forward")
+        self.backward = self.case.fastbn("backward")
+        self.forward()
+        self.backward()
+
+    def peakmem_forward(self, layout, shape):
+        self.forward()
+
+    def peakmem_backward(self, layout, shape):
+        self.backward()
+
+
+class TrackExtraMemory:
+    """Bytes a call allocates beyond its output, as a multiple of x.nbytes.
+
+    Measured with ``tracemalloc`` (NumPy reports its buffers to it): 1.0
+    means the output alone; the kernels' O(C x tasks) partials add a little.
+    """
+
+    params = (list(OPS), list(LAYOUTS))
+    param_names = ["op", "layout"]
+    unit = "x.nbytes"
+
+    def setup(self, op, layout):
+        self.case = Case(SHAPES["32x64x56x56"], layout, "float32")
+        self.fn = self.case.fastbn(op)
+        self.fn()
+
+    def track_peak_alloc(self, op, layout):
+        import tracemalloc
+
+        tracemalloc.start()
+        try:
+            self.fn()
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        return peak / self.case.x.nbytes
+
+
+def timeraw_import_and_first_call():
+    """Import plus a first forward and backward in a fresh interpreter.
+
+    asv runs it several times and reports the median, so the on-disk compile
+    cache is warm for all but (at most) the first run.
+    """
+    return """
+import numpy as np
+import fastbn
+x = np.ones((8, 16, 8, 8), np.float32)
+x[0] = 2
+y, cache = fastbn.batch_norm_forward(x)
+fastbn.batch_norm_backward(y, cache)
+"""
