@@ -109,7 +109,7 @@ def _cf_grad_sums(dy, x, c, j0, j1, center):
     nb = x.shape[2]
     a = j0 // nb
     b = j0 - a * nb
-    s = center - center
+    s = dy.dtype.type(0)
     sx = s
     j = j0
     while j < j1:

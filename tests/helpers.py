@@ -126,8 +126,21 @@ def assert_close(actual, expected, *, rtol, atol, what=""):
     actual = np.asarray(actual, dtype=np.float64)
     expected = np.asarray(expected, dtype=np.float64)
     assert actual.shape == expected.shape, (what, actual.shape, expected.shape)
-    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol,
-                               err_msg=what)
+    atol = np.broadcast_to(np.asarray(atol, dtype=np.float64), expected.shape)
+    if expected.ndim > 1 and atol.ndim == 1:  # pragma: no cover
+        raise AssertionError("per-channel atol needs (C,)-shaped values")
+    err = np.abs(actual - expected)
+    bound = atol + rtol * np.abs(expected)
+    same_nan = np.isnan(actual) & np.isnan(expected)
+    bad = ~((err <= bound) | same_nan)
+    if bad.any():
+        idx = np.argwhere(bad)[:5]
+        raise AssertionError(
+            f"{what}: {int(bad.sum())} of {bad.size} values out of tolerance "
+            f"(rtol={rtol:g}); first at {[tuple(map(int, i)) for i in idx]}: "
+            f"actual {actual[bad][:5]}, expected {expected[bad][:5]}, "
+            f"bound {bound[bad][:5]}, worst err/bound "
+            f"{float(np.max(err[bad] / np.maximum(bound[bad], 1e-300))):.3g}")
 
 
 def check_stats(mean, var, ref_mean, ref_var, dtype, data_scale, what=""):
