@@ -60,8 +60,14 @@ def values_per_channel(x: np.ndarray, num_channels: int, training: bool) -> int:
     return m
 
 
+def _is_real(value) -> bool:
+    return type(value) is float or (
+        not isinstance(value, bool) and isinstance(value, numbers.Real)
+    )
+
+
 def eps(value) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    if not _is_real(value):
         raise TypeError(f"eps must be a positive real number, got {_describe(value)}")
     if not value > 0:
         raise ValueError(f"eps must be > 0, got {value!r}")
@@ -71,7 +77,7 @@ def eps(value) -> float:
 def momentum(value, allow_none: bool = False):
     if value is None and allow_none:
         return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    if not _is_real(value):
         expected = "a real number in [0, 1]" + (" or None" if allow_none else "")
         raise TypeError(f"momentum must be {expected}, got {_describe(value)}")
     if not 0.0 <= value <= 1.0:

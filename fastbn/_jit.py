@@ -26,12 +26,22 @@ FASTMATH = frozenset({"nsz", "arcp", "contract", "afn", "reassoc"})
 #: Inputs with fewer elements than this run the serial twin.
 PARALLEL_MIN_SIZE = 1 << 15
 
-_forked_child = False
+_serial_only = False
+
+
+def _threads_started() -> bool:
+    """Whether Numba's threading layer may have run a parallel region here
+    (conservatively True if Numba's private flag is not found)."""
+    from numba.np.ufunc import parallel
+
+    return getattr(parallel, "_is_initialized", True)
 
 
 def _after_fork_in_child() -> None:
-    global _forked_child
-    _forked_child = True
+    # A child forked before any parallel region ran (e.g. a benchmark
+    # runner's fork server) may still use the thread pool.
+    global _serial_only
+    _serial_only = _serial_only or _threads_started()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -41,7 +51,7 @@ def use_parallel(size: int) -> bool:
     """Whether a kernel over ``size`` elements should take the parallel twin."""
     return (
         size >= PARALLEL_MIN_SIZE
-        and not _forked_child
+        and not _serial_only
         and numba.get_num_threads() > 1
     )
 

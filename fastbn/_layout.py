@@ -21,9 +21,10 @@ def channel_axis(ndim: int, layout: str) -> int:
 
 
 def _logical(a: np.ndarray, axis: int) -> np.ndarray:
-    if axis != 1:
-        a = np.moveaxis(a, axis, 1)
-    return a.reshape(a.shape[0], a.shape[1], -1)
+    """``a`` as ``(N, C, S)``; ``axis`` is 1 or the last axis."""
+    if axis == 1:
+        return a.reshape(a.shape[0], a.shape[1], -1)
+    return a.reshape(a.shape[0], -1, a.shape[-1]).transpose(0, 2, 1)
 
 
 def _rows(v: np.ndarray) -> np.ndarray:
@@ -63,6 +64,9 @@ class Plan:
 
     def empty(self, dtype) -> np.ndarray:
         """A new array of the input's shape whose kernel view is a view."""
+        last = len(self.shape) - 1
+        if (self.kind == "cl") == (self.axis == last) or len(self.shape) == 2:
+            return np.empty(self.shape, dtype)
         n, c = self.shape[0], self.shape[self.axis]
         spatial = [d for i, d in enumerate(self.shape) if i not in (0, self.axis)]
         if self.kind == "cl":

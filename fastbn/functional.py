@@ -8,7 +8,7 @@ import numpy as np
 
 from . import _checks
 from ._layout import Plan
-from .kernels import KERNELS
+from .kernels import KERNELS, update_running
 
 __all__ = ["batch_stats", "batch_norm_forward", "batch_norm_backward", "BatchNormCache"]
 
@@ -27,14 +27,15 @@ class BatchNormCache:
         updated only then).
     """
 
-    __slots__ = ("x", "plan", "training", "mean", "invstd", "weight", "count", "stats_finite")
+    __slots__ = ("x", "plan", "training", "mean", "var", "eps", "weight", "count", "stats_finite")
 
-    def __init__(self, x, plan, training, mean, invstd, weight, count, stats_finite):
+    def __init__(self, x, plan, training, mean, var, eps, weight, count, stats_finite):
         self.x = x
         self.plan = plan
         self.training = training
         self.mean = mean
-        self.invstd = invstd
+        self.var = var
+        self.eps = eps
         self.weight = weight
         self.count = count
         self.stats_finite = stats_finite
@@ -56,12 +57,12 @@ def _moments(x: np.ndarray, plan: Plan) -> tuple[np.ndarray, np.ndarray]:
     return mean, var
 
 
-def _affine_args(center, scale, shift, dtype) -> tuple[np.ndarray, ...]:
-    """float64 ``(center, scale, shift)`` of ``(x - center) * scale + shift``
-    in ``dtype``, the center's rounding error moved into the shift."""
-    c = center.astype(dtype)
-    shift = shift - (center - c) * scale
-    return c, scale.astype(dtype), shift.astype(dtype)
+#: Stands for an absent weight or bias in kernel calls.
+_NONE = np.empty(0)
+
+
+def _f64(v) -> np.ndarray:
+    return _NONE if v is None else v.astype(np.float64)
 
 
 def batch_stats(x, *, layout: str = "NCHW") -> tuple[np.ndarray, np.ndarray]:
@@ -156,34 +157,30 @@ def batch_norm_forward(
     out = _checks.out_array(out, x)
 
     plan = Plan(x, axis)
-    finite = True
+    xv = plan.view(x)
     if training:
-        mean, var = _moments(x, plan)
-        finite = bool(np.isfinite(mean).all() and np.isfinite(var).all())
+        mean = np.empty(c)
+        var = np.empty(c)
+        _run("stats", plan, x.size, xv, mean, var)
     else:
         mean, var = rmean.astype(np.float64), rvar.astype(np.float64)
-    invstd = 1.0 / np.sqrt(var + eps)
-    w = None if weight is None else weight.astype(np.float64)
-    scale = invstd if w is None else invstd * w
-    shift = np.zeros(c) if bias is None else bias.astype(np.float64)
-
+    w = _f64(weight)
     yv, y, scratch = plan.output(out, x.dtype)
-    _run("affine", plan, x.size, plan.view(x), *_affine_args(mean, scale, shift, x.dtype), yv)
+    _run("affine", plan, x.size, xv, mean, var, w, _f64(bias), eps, yv)
     if scratch is not None:
         y[...] = scratch
 
+    finite = True
     if training and rmean is not None:
-        if finite:
-            rmean[...] = (1.0 - momentum) * rmean + momentum * mean
-            rvar[...] = (1.0 - momentum) * rvar + momentum * var * (m / (m - 1))
-        else:
+        finite = update_running(0, mean, var, float(m), momentum, rmean, rvar)
+        if not finite:
             warnings.warn(
                 "batch statistics are not finite (NaN or Inf in the input); "
                 "running statistics were not updated",
                 RuntimeWarning,
                 stacklevel=2,
             )
-    return y, BatchNormCache(x, plan, training, mean, invstd, w, m, finite)
+    return y, BatchNormCache(x, plan, training, mean, var, eps, w, m, finite)
 
 
 def batch_norm_backward(dy, cache: BatchNormCache) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -216,22 +213,15 @@ def batch_norm_backward(dy, cache: BatchNormCache) -> tuple[np.ndarray, np.ndarr
     xv, dyv = plan.view(x), plan.view(dy)
 
     dtype = x.dtype
-    center = cache.mean.astype(dtype)
+    invstd = 1.0 / np.sqrt(cache.var + cache.eps)
     sum_dy = np.empty(c)
     sum_dy_xc = np.empty(c)
-    _run("grad_sums", plan, 2 * x.size, dyv, xv, center, sum_dy, sum_dy_xc)
-    sum_dy_xc -= (cache.mean - center) * sum_dy
-    invstd = cache.invstd
-    k_dy = invstd if cache.weight is None else invstd * cache.weight
-
+    _run("grad_sums", plan, 2 * x.size, dyv, xv, cache.mean, sum_dy, sum_dy_xc)
     dxv, dx, _ = plan.output(None, dtype)
     if cache.training:
-        m = cache.count
-        k_x = -k_dy * invstd * invstd * sum_dy_xc / m
-        k_0 = -k_dy * sum_dy / m - (cache.mean - center) * k_x
-        _run("grad_input", plan, 2 * x.size, dyv, xv, center,
-             k_dy.astype(dtype), k_x.astype(dtype), k_0.astype(dtype), dxv)
+        _run("grad_input", plan, 2 * x.size, dyv, xv, cache.mean, invstd, cache.weight,
+             sum_dy, sum_dy_xc, float(cache.count), dxv)
     else:
-        zeros = np.zeros(c)
-        _run("affine", plan, x.size, dyv, *_affine_args(zeros, k_dy, zeros, dtype), dxv)
+        _run("affine", plan, x.size, dyv, np.zeros(c), cache.var, cache.weight, _NONE,
+             cache.eps, dxv)
     return dx, (sum_dy_xc * invstd).astype(dtype), sum_dy.astype(dtype)

@@ -21,7 +21,7 @@ combined in float64 with Chan et al.'s pairwise update on (count, mean, M2).
 Element-wise kernels compute ``(x - center) * scale + shift`` with the
 center kept apart from the shift: ``x - center`` is exact when the mean
 dwarfs the spread, so float32 arithmetic keeps the accuracy of the float64
-statistics (the caller folds the center's rounding error into the shift).
+statistics (the center's rounding error is folded into the shift).
 """
 
 from __future__ import annotations
@@ -158,6 +158,47 @@ def _cl_sums(x, r0, r1, k0, center, s, s2):
             r += 1
 
 
+@helper
+def _affine_coeffs(x, c, mean, var, weight, bias, eps):
+    """Channel ``c``'s ``(center, scale, shift)`` in x's dtype, for
+    ``y = (x - center) * scale + shift``: the float64 mean's rounding to the
+    center is moved into the shift. Empty ``weight``/``bias`` mean ones and
+    zeros."""
+    scale = 1.0 / np.sqrt(var[c] + eps)
+    if weight.size:
+        scale *= weight[c]
+    shift = bias[c] if bias.size else 0.0
+    center = x.dtype.type(mean[c])
+    shift -= (mean[c] - np.float64(center)) * scale
+    return center, x.dtype.type(scale), x.dtype.type(shift)
+
+
+@helper
+def _grad_coeffs(x, c, mean, invstd, weight, sum_dy, sum_dy_xc, m):
+    """Channel ``c``'s ``(center, k_dy, k_x, k_0)`` in x's dtype, for the
+    training gradient ``dx = k_dy * dy + k_x * (x - center) + k_0``."""
+    k_dy = invstd[c] * (weight[c] if weight.size else 1.0)
+    k_x = -k_dy * invstd[c] * invstd[c] * sum_dy_xc[c] / m
+    center = x.dtype.type(mean[c])
+    k_0 = -k_dy * sum_dy[c] / m - (mean[c] - np.float64(center)) * k_x
+    t = x.dtype.type
+    return center, t(k_dy), t(k_x), t(k_0)
+
+
+@kernel
+def update_running(mean, var, count, momentum, running_mean, running_var):
+    """Exponential update of the running statistics (unbiased variance),
+    only if every batch statistic is finite; returns whether they were."""
+    for c in range(mean.size):
+        if not (np.isfinite(mean[c]) and np.isfinite(var[c])):
+            return False
+    unbias = count / (count - 1.0)
+    for c in range(mean.size):
+        running_mean[c] = (1.0 - momentum) * running_mean[c] + momentum * mean[c]
+        running_var[c] = (1.0 - momentum) * running_var[c] + momentum * var[c] * unbias
+    return True
+
+
 @kernel
 def stats_cf(x, mean, var):
     """Per-channel mean and biased variance of an ``(A, C, B)`` view into
@@ -265,9 +306,9 @@ def stats_cl(x, mean, var):
 
 
 @kernel
-def grad_sums_cf(dy, x, center, sum_dy, sum_dy_xc):
-    """Per-channel ``sum(dy)`` and ``sum(dy * (x - center))`` over
-    ``(A, C, B)`` views."""
+def grad_sums_cf(dy, x, mean, sum_dy, sum_dy_xc):
+    """Per-channel ``sum(dy)`` and ``sum(dy * (x - mean))`` over
+    ``(A, C, B)`` views (float64 ``mean`` and results)."""
     na, nc, nb = x.shape
     m = na * nb
     nch = _n_chunks(m, CHUNK, MAX_CHUNKS)
@@ -281,7 +322,7 @@ def grad_sums_cf(dy, x, center, sum_dy, sum_dy_xc):
         s = 0.0
         sx = 0.0
         for j in range(k * size, j1, BLOCK):
-            bs, bsx = _cf_grad_sums(dy, x, c, j, min(j1, j + BLOCK), center[c])
+            bs, bsx = _cf_grad_sums(dy, x, c, j, min(j1, j + BLOCK), x.dtype.type(mean[c]))
             s += bs
             sx += bsx
         part_dy[c, k] = s
@@ -293,13 +334,13 @@ def grad_sums_cf(dy, x, center, sum_dy, sum_dy_xc):
             s += part_dy[c, k]
             sx += part_dyx[c, k]
         sum_dy[c] = s
-        sum_dy_xc[c] = sx
+        sum_dy_xc[c] = sx - (mean[c] - np.float64(x.dtype.type(mean[c]))) * s
 
 
 @kernel
-def grad_sums_cl(dy, x, center, sum_dy, sum_dy_xc):
-    """Per-column ``sum(dy)`` and ``sum(dy * (x - center))`` over ``(R, C)``
-    views."""
+def grad_sums_cl(dy, x, mean, sum_dy, sum_dy_xc):
+    """Per-column ``sum(dy)`` and ``sum(dy * (x - mean))`` over ``(R, C)``
+    views (float64 ``mean`` and results)."""
     nr, nc = x.shape
     width = min(nc, COLUMNS)
     nrc = _n_chunks(nr, max(1, CHUNK // width), min(nr, MAX_CHUNKS))
@@ -317,7 +358,7 @@ def grad_sums_cl(dy, x, center, sum_dy, sum_dy_xc):
         sx = np.zeros(kw)
         bs = np.empty(kw, x.dtype)
         bsx = np.empty(kw, x.dtype)
-        ck = center[k0:k0 + kw]
+        ck = mean[k0:k0 + kw].astype(x.dtype)
         for r0 in range(i * rsize, r1, rows):
             bs[:] = 0
             bsx[:] = 0
@@ -352,14 +393,20 @@ def grad_sums_cl(dy, x, center, sum_dy, sum_dy_xc):
             s += part_dy[i, k]
             sx += part_dyx[i, k]
         sum_dy[k] = s
-        sum_dy_xc[k] = sx
+        sum_dy_xc[k] = sx - (mean[k] - np.float64(x.dtype.type(mean[k]))) * s
 
 
 @kernel
-def affine_cf(x, center, scale, shift, y):
-    """``y = (x - center) * scale + shift`` per channel of ``(A, C, B)``
-    views."""
+def affine_cf(x, mean, var, weight, bias, eps, y):
+    """``y = (x - mean) / sqrt(var + eps) * weight + bias`` per channel of
+    ``(A, C, B)`` views; float64 ``mean``, ``var``, ``weight``, ``bias``
+    (empty: ones, zeros)."""
     na, nc, nb = x.shape
+    center = np.empty(nc, x.dtype)
+    scale = np.empty(nc, x.dtype)
+    shift = np.empty(nc, x.dtype)
+    for c in range(nc):
+        center[c], scale[c], shift[c] = _affine_coeffs(x, c, mean, var, weight, bias, eps)
     nq = (nb + CHUNK - 1) // CHUNK
     for t in prange(na * nc * nq):
         row = t // nq
@@ -376,9 +423,14 @@ def affine_cf(x, center, scale, shift, y):
 
 
 @kernel
-def affine_cl(x, center, scale, shift, y):
-    """``y = (x - center) * scale + shift`` per column of ``(R, C)`` views."""
+def affine_cl(x, mean, var, weight, bias, eps, y):
+    """As :func:`affine_cf`, over ``(R, C)`` views."""
     nr, nc = x.shape
+    center = np.empty(nc, x.dtype)
+    scale = np.empty(nc, x.dtype)
+    shift = np.empty(nc, x.dtype)
+    for k in range(nc):
+        center[k], scale[k], shift[k] = _affine_coeffs(x, k, mean, var, weight, bias, eps)
     rows = max(1, CHUNK // nc)
     for t in prange((nr + rows - 1) // rows):
         for r in range(t * rows, min(nr, t * rows + rows)):
@@ -389,10 +441,17 @@ def affine_cl(x, center, scale, shift, y):
 
 
 @kernel
-def grad_input_cf(dy, x, center, k_dy, k_x, k_0, dx):
-    """``dx = k_dy * dy + k_x * (x - center) + k_0`` per channel of
-    ``(A, C, B)`` views."""
+def grad_input_cf(dy, x, mean, invstd, weight, sum_dy, sum_dy_xc, count, dx):
+    """Training-mode ``dx`` per channel of ``(A, C, B)`` views, from the
+    float64 statistics and the sums of :func:`grad_sums_cf`."""
     na, nc, nb = x.shape
+    center = np.empty(nc, x.dtype)
+    k_dy = np.empty(nc, x.dtype)
+    k_x = np.empty(nc, x.dtype)
+    k_0 = np.empty(nc, x.dtype)
+    for c in range(nc):
+        center[c], k_dy[c], k_x[c], k_0[c] = _grad_coeffs(
+            x, c, mean, invstd, weight, sum_dy, sum_dy_xc, count)
     nq = (nb + CHUNK - 1) // CHUNK
     for t in prange(na * nc * nq):
         row = t // nq
@@ -411,10 +470,16 @@ def grad_input_cf(dy, x, center, k_dy, k_x, k_0, dx):
 
 
 @kernel
-def grad_input_cl(dy, x, center, k_dy, k_x, k_0, dx):
-    """``dx = k_dy * dy + k_x * (x - center) + k_0`` per column of ``(R, C)``
-    views."""
+def grad_input_cl(dy, x, mean, invstd, weight, sum_dy, sum_dy_xc, count, dx):
+    """As :func:`grad_input_cf`, over ``(R, C)`` views."""
     nr, nc = x.shape
+    center = np.empty(nc, x.dtype)
+    k_dy = np.empty(nc, x.dtype)
+    k_x = np.empty(nc, x.dtype)
+    k_0 = np.empty(nc, x.dtype)
+    for k in range(nc):
+        center[k], k_dy[k], k_x[k], k_0[k] = _grad_coeffs(
+            x, k, mean, invstd, weight, sum_dy, sum_dy_xc, count)
     rows = max(1, CHUNK // nc)
     for t in prange((nr + rows - 1) // rows):
         for r in range(t * rows, min(nr, t * rows + rows)):
@@ -433,6 +498,8 @@ KERNELS = {
 }
 
 
+
 def dispatchers() -> list:
     """Every Numba dispatcher of the package (for cache and compile checks)."""
-    return [d for pair in KERNELS.values() for k in pair.values() for d in k.dispatchers()]
+    kernels = [k for pair in KERNELS.values() for k in pair.values()] + [update_running]
+    return [d for k in kernels for d in k.dispatchers()]

@@ -152,3 +152,41 @@ def test_fork_pool_after_parallel_use():
                           env=_env(), capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, (proc.returncode, proc.stdout[-2000:], proc.stderr[-4000:])
     assert "FORK-OK 12 results from" in proc.stdout, proc.stdout
+
+
+_FORK_STATES = r"""
+import os, sys
+import numpy as np
+import fastbn
+from fastbn import _jit
+
+def child_state():
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        x = np.random.default_rng(0).standard_normal((16, 32, 32, 32)).astype(np.float32)
+        mean, _ = fastbn.batch_stats(x)
+        ok = np.allclose(mean, x.astype(np.float64).mean(axis=(0, 2, 3)), atol=1e-6)
+        os.write(w, b"%d %d" % (_jit._serial_only, ok))
+        os._exit(0)
+    os.close(w)
+    os.waitpid(pid, 0)
+    return os.read(r, 16).decode()
+
+before = child_state()
+fastbn.batch_stats(np.ones((64, 64, 32, 32), np.float32))  # parallel path
+after = child_state()
+print(before, after)
+"""
+
+
+def test_fork_goes_serial_only_after_parallel_use():
+    """A child forked before any parallel region may keep the thread pool
+    (fork servers of benchmark runners); one forked after must go serial.
+    Both compute correctly."""
+    proc = subprocess.run([sys.executable, "-c", _FORK_STATES], capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    before, after = proc.stdout.split()[0:2], proc.stdout.split()[2:4]
+    assert before == ["0", "1"], proc.stdout
+    assert after == ["1", "1"], proc.stdout
