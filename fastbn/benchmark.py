@@ -292,18 +292,22 @@ def markdown(rows: Sequence[Row]) -> str:
 
 
 def summary(rows: Sequence[Row]) -> str:
-    """Geometric means of the ratios per op (large shapes only, if present)."""
+    """Per dtype and op: the worst and geometric-mean ratio to the traffic
+    floor, and PyTorch's time over fastbn's, over the large shapes (all
+    shapes if none of them ran)."""
     out = []
-    for op in OPS:
-        sel = [r for r in rows if r.op == op and r.shape in LARGE] or [r for r in rows if r.op == op]
-        if not sel:
-            continue
-        floor = [r.fastbn_over_floor for r in sel]
-        line = f"{op}: fastbn/floor max {max(floor):.2f}, geomean {_gmean(floor):.2f}"
-        vs = [r.torch_over_fastbn for r in sel if r.torch_ms is not None]
-        if vs:
-            line += f"; torch/fastbn geomean {_gmean(vs):.2f}, min {min(vs):.2f}"
-        out.append(line)
+    for dtype in dict.fromkeys(r.dtype for r in rows):
+        for op in OPS:
+            sel = [r for r in rows if r.op == op and r.dtype == dtype]
+            sel = [r for r in sel if r.shape in LARGE] or sel
+            if not sel:
+                continue
+            floor = [r.fastbn_over_floor for r in sel]
+            line = f"{dtype} {op}: fastbn/floor max {max(floor):.2f}, geomean {_gmean(floor):.2f}"
+            vs = [r.torch_over_fastbn for r in sel if r.torch_ms is not None]
+            if vs:
+                line += f"; torch/fastbn geomean {_gmean(vs):.2f}, min {min(vs):.2f}"
+            out.append(line)
     return "\n".join(out)
 
 
@@ -318,7 +322,7 @@ def plot(rows: Sequence[Row], path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = [f"{r.shape}\n{r.layout} {r.op}" for r in rows]
+    labels = [f"{r.shape} {r.dtype.replace('float', 'f')}\n{r.layout} {r.op}" for r in rows]
     xs = np.arange(len(rows))
     fig, ax = plt.subplots(figsize=(max(8, 0.55 * len(rows)), 5))
     series = [("fastbn", [r.fastbn_copies for r in rows])]
