@@ -42,6 +42,9 @@ BLOCK = 4096
 COLUMNS = 512
 #: Most rows per ``_cl`` block: bounds the terms a block accumulator sums.
 ROWS = 256
+#: Values per ``_cl`` block: large, so that the per-channel float64 merge
+#: after each block costs little next to the block's streaming sums.
+CL_BLOCK = 1 << 16
 #: Values (``_cf``) or rows (``_cl``) a task averages for its first shift.
 PILOT = 64
 PILOT_ROWS = 16
@@ -260,7 +263,7 @@ def stats_cl(x, mean, var):
         kw = min(nc, k0 + COLUMNS) - k0
         r0 = i * rsize
         r1 = min(nr, r0 + rsize)
-        rows = max(1, min(ROWS, BLOCK // kw))
+        rows = max(1, min(ROWS, CL_BLOCK // kw))
         mu = np.zeros(kw)
         m2 = np.zeros(kw)
         shift = np.zeros(kw, x.dtype)
@@ -353,7 +356,7 @@ def grad_sums_cl(dy, x, mean, sum_dy, sum_dy_xc):
         k0 = (t - i * ncc) * COLUMNS
         kw = min(nc, k0 + COLUMNS) - k0
         r1 = min(nr, i * rsize + rsize)
-        rows = max(1, min(ROWS, BLOCK // kw))
+        rows = max(1, min(ROWS, CL_BLOCK // kw))
         s = np.zeros(kw)
         sx = np.zeros(kw)
         bs = np.empty(kw, x.dtype)
