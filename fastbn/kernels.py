@@ -68,6 +68,19 @@ def _chan(n_a, mean_a, m2_a, n_b, mean_b, m2_b):
 
 
 @helper
+def _merge_chunks(chunk_mean, chunk_m2, total, size):
+    """(mean, biased variance) of ``total`` values from the (mean, M2) of
+    their consecutive chunks of ``size`` values (the last may be shorter)."""
+    n = 0.0
+    mu = 0.0
+    m2 = 0.0
+    for k in range(chunk_mean.size):
+        cnt = np.float64(min(total, k * size + size) - k * size)
+        n, mu, m2 = _chan(n, mu, m2, cnt, chunk_mean[k], chunk_m2[k])
+    return mu, m2 / n
+
+
+@helper
 def _block_moments(s, s2, nb, center):
     """(mean, M2) of a block from the sums of deviations about ``center``."""
     return center + s / nb, s2 - s * s / nb
@@ -236,14 +249,7 @@ def stats_cf(x, mean, var):
         part_mean[c, k] = mu
         part_m2[c, k] = m2
     for c in prange(nc):
-        n = 0.0
-        mu = 0.0
-        m2 = 0.0
-        for k in range(nch):
-            cnt = np.float64(min(m, k * size + size) - k * size)
-            n, mu, m2 = _chan(n, mu, m2, cnt, part_mean[c, k], part_m2[c, k])
-        mean[c] = mu
-        var[c] = m2 / n
+        mean[c], var[c] = _merge_chunks(part_mean[c], part_m2[c], m, size)
 
 
 @kernel
@@ -255,8 +261,8 @@ def stats_cl(x, mean, var):
     nrc = _n_chunks(nr, max(1, CHUNK // width), min(nr, MAX_CHUNKS))
     rsize = (nr + nrc - 1) // nrc
     ncc = (nc + COLUMNS - 1) // COLUMNS
-    part_mean = np.empty((nrc, nc))
-    part_m2 = np.empty((nrc, nc))
+    part_mean = np.empty((nc, nrc))
+    part_m2 = np.empty((nc, nrc))
     for t in prange(nrc * ncc):
         i = t // ncc
         k0 = (t - i * ncc) * COLUMNS
@@ -295,17 +301,10 @@ def stats_cl(x, mean, var):
                 _, mu[k], m2[k] = _chan(n, mu[k], m2[k], cnt, mb, m2b)
                 shift[k] = mu[k]
             n += cnt
-        part_mean[i, k0:k0 + kw] = mu
-        part_m2[i, k0:k0 + kw] = m2
+        part_mean[k0:k0 + kw, i] = mu
+        part_m2[k0:k0 + kw, i] = m2
     for k in prange(nc):
-        n = 0.0
-        mu = 0.0
-        m2 = 0.0
-        for i in range(nrc):
-            cnt = np.float64(min(nr, i * rsize + rsize) - i * rsize)
-            n, mu, m2 = _chan(n, mu, m2, cnt, part_mean[i, k], part_m2[i, k])
-        mean[k] = mu
-        var[k] = m2 / n
+        mean[k], var[k] = _merge_chunks(part_mean[k], part_m2[k], nr, rsize)
 
 
 @kernel
