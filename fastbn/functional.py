@@ -8,7 +8,8 @@ import numpy as np
 
 from . import _checks
 from ._layout import Plan
-from .kernels import KERNELS, update_running
+from .kernels import (FUSED_MAX_BYTES, FUSED_MIN_CHANNELS, KERNELS, backward_cf, forward_cf,
+                      update_running)
 
 __all__ = ["batch_stats", "batch_norm_forward", "batch_norm_backward", "BatchNormCache"]
 
@@ -47,6 +48,16 @@ class BatchNormCache:
 
 def _run(op: str, plan: Plan, size: int, *args) -> None:
     KERNELS[op][plan.kind](size, *args)
+
+
+def _fits_fused(plan: Plan, x: np.ndarray, arrays: int) -> bool:
+    """Whether the channel-per-task training kernels apply: channels-first
+    memory, enough channels to share out, and ``arrays`` arrays' worth of
+    one channel small enough to stay in cache between the two passes. The
+    choice depends on the shape alone, never on the thread count."""
+    c = x.shape[plan.axis]
+    return (plan.kind == "cf" and c >= FUSED_MIN_CHANNELS
+            and arrays * (x.size // c) * x.itemsize <= FUSED_MAX_BYTES)
 
 
 def _moments(x: np.ndarray, plan: Plan) -> tuple[np.ndarray, np.ndarray]:
@@ -158,15 +169,19 @@ def batch_norm_forward(
 
     plan = Plan(x, axis)
     xv = plan.view(x)
+    w, b = _f64(weight), _f64(bias)
+    yv, y, scratch = plan.output(out, x.dtype)
     if training:
         mean = np.empty(c)
         var = np.empty(c)
-        _run("stats", plan, x.size, xv, mean, var)
+        if _fits_fused(plan, x, 1):
+            forward_cf(x.size, xv, w, b, eps, mean, var, yv)
+        else:
+            _run("stats", plan, x.size, xv, mean, var)
+            _run("affine", plan, x.size, xv, mean, var, w, b, eps, yv)
     else:
         mean, var = rmean.astype(np.float64), rvar.astype(np.float64)
-    w = _f64(weight)
-    yv, y, scratch = plan.output(out, x.dtype)
-    _run("affine", plan, x.size, xv, mean, var, w, _f64(bias), eps, yv)
+        _run("affine", plan, x.size, xv, mean, var, w, b, eps, yv)
     if scratch is not None:
         y[...] = scratch
 
@@ -216,12 +231,16 @@ def batch_norm_backward(dy, cache: BatchNormCache) -> tuple[np.ndarray, np.ndarr
     invstd = 1.0 / np.sqrt(cache.var + cache.eps)
     sum_dy = np.empty(c)
     sum_dy_xc = np.empty(c)
-    _run("grad_sums", plan, 2 * x.size, dyv, xv, cache.mean, sum_dy, sum_dy_xc)
     dxv, dx, _ = plan.output(None, dtype)
-    if cache.training:
+    if cache.training and _fits_fused(plan, x, 2):
+        backward_cf(2 * x.size, dyv, xv, cache.mean, invstd, cache.weight,
+                    float(cache.count), sum_dy, sum_dy_xc, dxv)
+    elif cache.training:
+        _run("grad_sums", plan, 2 * x.size, dyv, xv, cache.mean, sum_dy, sum_dy_xc)
         _run("grad_input", plan, 2 * x.size, dyv, xv, cache.mean, invstd, cache.weight,
              sum_dy, sum_dy_xc, float(cache.count), dxv)
     else:
+        _run("grad_sums", plan, 2 * x.size, dyv, xv, cache.mean, sum_dy, sum_dy_xc)
         _run("affine", plan, x.size, dyv, np.zeros(c), cache.var, cache.weight, _NONE,
              cache.eps, dxv)
     return dx, (sum_dy_xc * invstd).astype(dtype), sum_dy.astype(dtype)

@@ -45,6 +45,11 @@ ROWS = 256
 #: Values per ``_cl`` block: large, so that the per-channel float64 merge
 #: after each block costs little next to the block's streaming sums.
 CL_BLOCK = 1 << 16
+#: The channel-per-task training kernels (:func:`forward_cf`,
+#: :func:`backward_cf`) need this many channels to share out, and a
+#: channel's data no larger than this to stay in cache between their passes.
+FUSED_MIN_CHANNELS = 16
+FUSED_MAX_BYTES = 1 << 20
 #: Values (``_cf``) or rows (``_cl``) a task averages for its first shift.
 PILOT = 64
 PILOT_ROWS = 16
@@ -215,6 +220,44 @@ def update_running(mean, var, count, momentum, running_mean, running_var):
     return True
 
 
+@helper
+def _cf_moments(x, c, j0, j1):
+    """(mean, M2) of values ``j0:j1`` of channel ``c`` (as :func:`_cf_sums`):
+    blocks of shifted sums, the shift being the running mean (first, that of
+    a short pilot), a block summed again about its own mean if its sums lost
+    too much to cancellation, blocks merged with Chan's formula."""
+    pilot = min(PILOT, j1 - j0)
+    s, _ = _cf_sums(x, c, j0, j0 + pilot, x.dtype.type(0))
+    shift = x.dtype.type(s / pilot)
+    n = 0.0
+    mu = 0.0
+    m2 = 0.0
+    for j in range(j0, j1, BLOCK):
+        je = min(j1, j + BLOCK)
+        cnt = np.float64(je - j)
+        s, s2 = _cf_sums(x, c, j, je, shift)
+        if _cancels(s, s2, cnt):
+            shift = x.dtype.type(shift + s / cnt)
+            s, s2 = _cf_sums(x, c, j, je, shift)
+        mb, m2b = _block_moments(np.float64(s), np.float64(s2), cnt, np.float64(shift))
+        n, mu, m2 = _chan(n, mu, m2, cnt, mb, m2b)
+        shift = x.dtype.type(mu)
+    return mu, m2
+
+
+@helper
+def _cf_grad_totals(dy, x, c, j0, j1, center):
+    """float64 sums of ``dy`` and ``dy * (x - center)`` over values ``j0:j1``
+    of channel ``c``, block by block."""
+    s = 0.0
+    sx = 0.0
+    for j in range(j0, j1, BLOCK):
+        bs, bsx = _cf_grad_sums(dy, x, c, j, min(j1, j + BLOCK), center)
+        s += bs
+        sx += bsx
+    return s, sx
+
+
 @kernel
 def stats_cf(x, mean, var):
     """Per-channel mean and biased variance of an ``(A, C, B)`` view into
@@ -228,26 +271,7 @@ def stats_cf(x, mean, var):
     for t in prange(nc * nch):
         c = t // nch
         k = t - c * nch
-        j0 = k * size
-        j1 = min(m, j0 + size)
-        pilot = min(PILOT, j1 - j0)
-        s, _ = _cf_sums(x, c, j0, j0 + pilot, x.dtype.type(0))
-        shift = x.dtype.type(s / pilot)
-        n = 0.0
-        mu = 0.0
-        m2 = 0.0
-        for j in range(j0, j1, BLOCK):
-            je = min(j1, j + BLOCK)
-            cnt = np.float64(je - j)
-            s, s2 = _cf_sums(x, c, j, je, shift)
-            if _cancels(s, s2, cnt):
-                shift = x.dtype.type(shift + s / cnt)
-                s, s2 = _cf_sums(x, c, j, je, shift)
-            mb, m2b = _block_moments(np.float64(s), np.float64(s2), cnt, np.float64(shift))
-            n, mu, m2 = _chan(n, mu, m2, cnt, mb, m2b)
-            shift = x.dtype.type(mu)
-        part_mean[c, k] = mu
-        part_m2[c, k] = m2
+        part_mean[c, k], part_m2[c, k] = _cf_moments(x, c, k * size, min(m, k * size + size))
     for c in prange(nc):
         mean[c], var[c] = _merge_chunks(part_mean[c], part_m2[c], m, size)
 
@@ -320,15 +344,8 @@ def grad_sums_cf(dy, x, mean, sum_dy, sum_dy_xc):
     for t in prange(nc * nch):
         c = t // nch
         k = t - c * nch
-        j1 = min(m, k * size + size)
-        s = 0.0
-        sx = 0.0
-        for j in range(k * size, j1, BLOCK):
-            bs, bsx = _cf_grad_sums(dy, x, c, j, min(j1, j + BLOCK), x.dtype.type(mean[c]))
-            s += bs
-            sx += bsx
-        part_dy[c, k] = s
-        part_dyx[c, k] = sx
+        part_dy[c, k], part_dyx[c, k] = _cf_grad_totals(
+            dy, x, c, k * size, min(m, k * size + size), x.dtype.type(mean[c]))
     for c in prange(nc):
         s = 0.0
         sx = 0.0
@@ -492,6 +509,45 @@ def grad_input_cl(dy, x, mean, invstd, weight, sum_dy, sum_dy_xc, count, dx):
                 dr[k] = k_dy[k] * gr[k] + k_x[k] * (xr[k] - center[k]) + k_0[k]
 
 
+@kernel
+def forward_cf(x, weight, bias, eps, mean, var, y):
+    """Training forward over an ``(A, C, B)`` view, a channel per task: its
+    statistics, then its normalization while the channel is still in cache
+    (one read of x from memory instead of two). For channels that fit in
+    cache; float64 ``weight``/``bias`` (empty: ones, zeros), ``mean`` and
+    ``var`` receive the statistics."""
+    na, nc, nb = x.shape
+    for c in prange(nc):
+        mu, m2 = _cf_moments(x, c, 0, na * nb)
+        mean[c] = mu
+        var[c] = m2 / (na * nb)
+        center, scale, shift = _affine_coeffs(x, c, mean, var, weight, bias, eps)
+        for a in range(na):
+            xr = x[a, c]
+            yr = y[a, c]
+            for b in range(nb):
+                yr[b] = (xr[b] - center) * scale + shift
+
+
+@kernel
+def backward_cf(dy, x, mean, invstd, weight, count, sum_dy, sum_dy_xc, dx):
+    """Training backward over ``(A, C, B)`` views, a channel per task: its
+    sums, then its ``dx`` while the channel's x and dy are still in cache."""
+    na, nc, nb = x.shape
+    for c in prange(nc):
+        center = x.dtype.type(mean[c])
+        s, sx = _cf_grad_totals(dy, x, c, 0, na * nb, center)
+        sum_dy[c] = s
+        sum_dy_xc[c] = sx - (mean[c] - np.float64(center)) * s
+        center, g, h, e = _grad_coeffs(x, c, mean, invstd, weight, sum_dy, sum_dy_xc, count)
+        for a in range(na):
+            gr = dy[a, c]
+            xr = x[a, c]
+            dr = dx[a, c]
+            for b in range(nb):
+                dr[b] = g * gr[b] + h * (xr[b] - center) + e
+
+
 KERNELS = {
     "stats": {"cf": stats_cf, "cl": stats_cl},
     "grad_sums": {"cf": grad_sums_cf, "cl": grad_sums_cl},
@@ -503,5 +559,6 @@ KERNELS = {
 
 def dispatchers() -> list:
     """Every Numba dispatcher of the package (for cache and compile checks)."""
-    kernels = [k for pair in KERNELS.values() for k in pair.values()] + [update_running]
+    kernels = [k for pair in KERNELS.values() for k in pair.values()]
+    kernels += [update_running, forward_cf, backward_cf]
     return [d for k in kernels for d in k.dispatchers()]
