@@ -8,8 +8,8 @@ import numpy as np
 
 from . import _checks
 from ._layout import Plan
-from .kernels import (FUSED_MAX_BYTES, FUSED_MIN_CHANNELS, KERNELS, backward_cf, forward_cf,
-                      update_running)
+from .kernels import (FUSED_MAX_BYTES, FUSED_MAX_TOTAL, FUSED_MIN_CHANNELS, KERNELS,
+                      backward_cf, forward_cf, update_running)
 
 __all__ = ["batch_stats", "batch_norm_forward", "batch_norm_backward", "BatchNormCache"]
 
@@ -52,12 +52,14 @@ def _run(op: str, plan: Plan, size: int, *args) -> None:
 
 def _fits_fused(plan: Plan, x: np.ndarray, arrays: int) -> bool:
     """Whether the channel-per-task training kernels apply: channels-first
-    memory, enough channels to share out, and ``arrays`` arrays' worth of
-    one channel small enough to stay in cache between the two passes. The
-    choice depends on the shape alone, never on the thread count."""
+    memory, enough channels to share out, ``arrays`` arrays' worth of one
+    channel small enough to stay in cache between the two passes, and an
+    input small enough (see ``kernels.FUSED_MAX_TOTAL``). The choice depends
+    on the shape alone, never on the thread count."""
     c = x.shape[plan.axis]
     return (plan.kind == "cf" and c >= FUSED_MIN_CHANNELS
-            and arrays * (x.size // c) * x.itemsize <= FUSED_MAX_BYTES)
+            and arrays * (x.size // c) * x.itemsize <= FUSED_MAX_BYTES
+            and x.nbytes <= FUSED_MAX_TOTAL)
 
 
 def _moments(x: np.ndarray, plan: Plan) -> tuple[np.ndarray, np.ndarray]:
