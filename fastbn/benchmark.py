@@ -341,6 +341,13 @@ def plot(rows: Sequence[Row], path: str) -> None:
     plt.close(fig)
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="the large shapes once each, fewer repeats")
     parser.add_argument("--shapes", nargs="+", choices=list(SHAPES), default=list(SHAPES), metavar="SHAPE",
@@ -348,7 +355,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--layouts", nargs="+", choices=LAYOUTS, default=list(LAYOUTS))
     parser.add_argument("--dtypes", nargs="+", choices=DTYPES, default=["float32"])
     parser.add_argument("--ops", nargs="+", choices=OPS, default=list(OPS))
-    parser.add_argument("--repeat", type=int, default=25, help="timed calls per median (default 25)")
+    parser.add_argument("--repeat", type=_positive_int, default=25, help="timed calls per median (default 25)")
     parser.add_argument("--no-torch", action="store_true", help="skip PyTorch even if installed")
     parser.add_argument("--json", metavar="FILE", help="write the rows as JSON")
     parser.add_argument("--markdown", metavar="FILE", help="write the table as Markdown")
@@ -356,8 +363,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main_from_args(args: argparse.Namespace) -> int:
-    if args.repeat < 1:
-        raise SystemExit("--repeat must be >= 1")
     shapes, repeat = args.shapes, args.repeat
     if args.quick:
         shapes = [s for s in shapes if s in LARGE] or shapes

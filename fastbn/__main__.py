@@ -1,0 +1,5 @@
+import sys
+
+from fastbn.cli import main
+
+sys.exit(main())

@@ -1,0 +1,96 @@
+"""``python -m fastbn`` (also the ``fastbn`` console script).
+
+Subcommands: ``info`` (versions, threads, compile cache) and ``bench`` (the
+side-by-side comparison of :mod:`fastbn.benchmark`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import platform
+import sys
+from typing import Sequence
+
+import numba
+import numpy as np
+
+import fastbn
+
+
+def _cpu() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _cache_dirs() -> list[str]:
+    """Where the kernels' compiled code is cached (one folder in practice)."""
+    from fastbn.kernels import dispatchers
+
+    paths = set()
+    for d in dispatchers():
+        cache = getattr(d, "_cache", None)
+        path = getattr(cache, "_cache_path", None)
+        if path:
+            paths.add(path)
+    return sorted(paths)
+
+
+def info(args: argparse.Namespace) -> int:
+    from fastbn.benchmark import parallel_copy
+
+    parallel_copy(np.zeros(2), np.zeros(2))  # starts the threading layer
+    dirs = _cache_dirs()
+    entries = sum(len(glob.glob(os.path.join(d, "kernels.*.nbi"))) for d in dirs)
+    lines = [
+        ("fastbn", fastbn.__version__),
+        ("numpy", np.__version__),
+        ("numba", numba.__version__),
+        ("python", platform.python_version()),
+        ("threading layer", numba.threading_layer()),
+        ("threads", f"{numba.get_num_threads()} (NUMBA_NUM_THREADS {numba.config.NUMBA_NUM_THREADS})"),
+        ("cpu", f"{_cpu()}, {os.cpu_count()} logical cores"),
+        ("compile cache", ", ".join(dirs) or "none (caching unavailable)"),
+        ("cache state", f"warm ({entries} kernel index files)" if entries else "cold (kernels compile on first use)"),
+    ]
+    width = max(len(k) for k, _ in lines)
+    for key, value in lines:
+        print(f"{key:<{width}}  {value}")
+    return 0
+
+
+def bench(args: argparse.Namespace) -> int:
+    from fastbn.benchmark import main_from_args
+
+    return main_from_args(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from fastbn.benchmark import add_arguments
+
+    parser = argparse.ArgumentParser(prog="fastbn", description="fastbn: Batch Normalization on the CPU.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    p = sub.add_parser("info", help="versions, threads and compile cache")
+    p.set_defaults(func=info)
+    p = sub.add_parser("bench", help="compare fastbn with PyTorch, NumPy and a parallel copy")
+    add_arguments(p)
+    p.set_defaults(func=bench)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit status (2 for bad arguments)."""
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
