@@ -9,7 +9,6 @@ than as machine noise. Cases and peers are shared with
 """
 
 import numba
-import numpy as np
 
 from fastbn.benchmark import DTYPES, LARGE, LAYOUTS, OPS, SHAPES, Case, median_ms
 
@@ -121,7 +120,6 @@ def timeraw_import_and_first_call():
     cache is warm for all but (at most) the first run.
     """
     return """
-import numpy as np
 import fastbn
 x = np.ones((8, 16, 8, 8), np.float32)
 x[0] = 2
