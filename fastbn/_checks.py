@@ -37,14 +37,15 @@ def layout(value) -> str:
     return value
 
 
-def channels(x: np.ndarray, layout_: str) -> tuple[int, int]:
-    """Channel axis and channel count of ``x``; checks rank and emptiness."""
+def channels(x: np.ndarray, layout_: str, *, allow_empty: bool = False) -> tuple[int, int]:
+    """Channel axis and channel count of ``x``; checks rank and (unless
+    ``allow_empty``) emptiness."""
     layout(layout_)
     if not 2 <= x.ndim <= 5:
         raise ValueError(
             f"expected an input of rank 2 to 5, got rank {x.ndim} (shape {x.shape})"
         )
-    if x.size == 0:
+    if x.size == 0 and not (allow_empty and x.shape[channel_axis(x.ndim, layout_)] > 0):
         raise ValueError(f"expected a non-empty batch, got shape {x.shape}")
     axis = channel_axis(x.ndim, layout_)
     return axis, x.shape[axis]

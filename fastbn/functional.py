@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import warnings
+from typing import NamedTuple
 
 import numpy as np
 
-from . import _checks
+from . import _checks, _collective
 from ._layout import Plan
 from .kernels import (FUSED_MAX_BYTES, FUSED_MAX_TOTAL, FUSED_MIN_CHANNELS, KERNELS,
                       backward_cf, forward_cf, update_running)
@@ -28,9 +29,11 @@ class BatchNormCache:
         updated only then).
     """
 
-    __slots__ = ("x", "plan", "training", "mean", "var", "eps", "weight", "count", "stats_finite")
+    __slots__ = ("x", "plan", "training", "mean", "var", "eps", "weight", "count",
+                 "stats_finite", "comm")
 
-    def __init__(self, x, plan, training, mean, var, eps, weight, count, stats_finite):
+    def __init__(self, x, plan, training, mean, var, eps, weight, count, stats_finite,
+                 comm=None):
         self.x = x
         self.plan = plan
         self.training = training
@@ -40,6 +43,7 @@ class BatchNormCache:
         self.weight = weight
         self.count = count
         self.stats_finite = stats_finite
+        self.comm = comm
 
     def __repr__(self) -> str:
         mode = "training" if self.training else "eval"
@@ -100,6 +104,48 @@ def batch_stats(x, *, layout: str = "NCHW") -> tuple[np.ndarray, np.ndarray]:
     return mean.astype(x.dtype), var.astype(x.dtype)
 
 
+class _Forward(NamedTuple):
+    """Checked arguments of :func:`batch_norm_forward`."""
+
+    x: np.ndarray
+    axis: int
+    channels: int
+    count: int
+    eps: float
+    momentum: float
+    weight: np.ndarray
+    bias: np.ndarray
+    running_mean: np.ndarray | None
+    running_var: np.ndarray | None
+    out: np.ndarray | None
+
+
+def _forward_args(x, weight, bias, training, running_mean, running_var, momentum, eps,
+                  layout, out, synced) -> _Forward:
+    """Every check of :func:`batch_norm_forward`, before anything changes.
+
+    A synchronized training call (``synced``) may hold zero or one value per
+    channel on this rank; the batch of all ranks is checked once merged."""
+    x = _checks.tensor(x)
+    axis, c = _checks.channels(x, layout, allow_empty=synced)
+    m = _checks.values_per_channel(x, c, training and not synced)
+    eps = _checks.eps(eps)
+    momentum = _checks.momentum(momentum)
+    weight = _checks.channel_vector(weight, "weight", c)
+    bias = _checks.channel_vector(bias, "bias", c)
+    rmean = _checks.channel_vector(running_mean, "running_mean", c, in_place=training)
+    rvar = _checks.channel_vector(running_var, "running_var", c, in_place=training)
+    if (rmean is None) != (rvar is None) or (not training and rmean is None):
+        need = "both or neither" if training else "both (eval mode normalizes with them)"
+        raise ValueError(
+            f"running_mean and running_var: expected {need}, got "
+            f"running_mean={'None' if rmean is None else 'an array'}, "
+            f"running_var={'None' if rvar is None else 'an array'}"
+        )
+    out = _checks.out_array(out, x)
+    return _Forward(x, axis, c, m, eps, momentum, _f64(weight), _f64(bias), rmean, rvar, out)
+
+
 def batch_norm_forward(
     x,
     weight=None,
@@ -112,6 +158,7 @@ def batch_norm_forward(
     eps: float = 1e-5,
     layout: str = "NCHW",
     out: np.ndarray | None = None,
+    comm=None,
 ) -> tuple[np.ndarray, BatchNormCache]:
     """Batch normalization forward pass.
 
@@ -137,6 +184,10 @@ def batch_norm_forward(
         Channel axis 1 or last.
     out : ndarray, optional
         Receives the output (shape and dtype of ``x``, not overlapping it).
+    comm : mpi4py.MPI.Comm, optional
+        In training, normalize with the statistics of the batch formed by
+        every rank's ``x``: a collective call, which every rank of ``comm``
+        must make. A rank may hold an empty batch. Ignored in eval mode.
 
     Returns
     -------
@@ -151,56 +202,76 @@ def batch_norm_forward(
         When the batch statistics are not finite; the running statistics
         are then left unchanged.
     """
-    x = _checks.tensor(x)
-    axis, c = _checks.channels(x, layout)
-    m = _checks.values_per_channel(x, c, training)
-    eps = _checks.eps(eps)
-    momentum = _checks.momentum(momentum)
-    weight = _checks.channel_vector(weight, "weight", c)
-    bias = _checks.channel_vector(bias, "bias", c)
-    rmean = _checks.channel_vector(running_mean, "running_mean", c, in_place=training)
-    rvar = _checks.channel_vector(running_var, "running_var", c, in_place=training)
-    if (rmean is None) != (rvar is None) or (not training and rmean is None):
-        need = "both or neither" if training else "both (eval mode normalizes with them)"
+    if not (training and comm is not None):
+        a = _forward_args(x, weight, bias, training, running_mean, running_var, momentum, eps,
+                          layout, out, False)
+        return _forward(a, bool(training), None)
+    comm = _collective.communicator(comm)
+    a, error, local = None, None, (0, None, None)
+    try:
+        a = _forward_args(x, weight, bias, True, running_mean, running_var, momentum, eps,
+                          layout, out, True)
+        if a.count:
+            mean, var = _moments(a.x, Plan(a.x, a.axis))
+            local = (a.count, mean, var * a.count)
+    except (TypeError, ValueError) as exc:
+        error = exc
+    header = None if a is None else (a.channels, a.x.dtype.str, layout)
+    parts = _collective.exchange(comm, error, header, local)
+    total, mean, var = _collective.merge_moments(parts, a.channels)
+    if total < 2:
         raise ValueError(
-            f"running_mean and running_var: expected {need}, got "
-            f"running_mean={'None' if rmean is None else 'an array'}, "
-            f"running_var={'None' if rvar is None else 'an array'}"
+            "expected more than 1 value per channel in the batch of all ranks when "
+            f"training, got {total} (per rank: {[p[0] for p in parts]})"
         )
-    out = _checks.out_array(out, x)
+    return _forward(a._replace(count=total), True, comm, (mean, var))
 
-    plan = Plan(x, axis)
-    xv = plan.view(x)
-    w, b = _f64(weight), _f64(bias)
-    yv, y, scratch = plan.output(out, x.dtype)
-    if training:
-        mean = np.empty(c)
-        var = np.empty(c)
-        if _fits_fused(plan, x, 1):
-            forward_cf(x.size, xv, w, b, eps, mean, var, yv)
-        else:
-            _run("stats", plan, x.size, xv, mean, var)
-            _run("affine", plan, x.size, xv, mean, var, w, b, eps, yv)
+
+def _forward(a: _Forward, training: bool, comm, stats=None) -> tuple[np.ndarray, BatchNormCache]:
+    """The forward pass over checked arguments; ``stats``, when given, are
+    the batch statistics of all ranks."""
+    x, c = a.x, a.channels
+    if x.size == 0:
+        plan = None
+        y = np.empty_like(x) if a.out is None else a.out
+        mean, var = stats
     else:
-        mean, var = rmean.astype(np.float64), rvar.astype(np.float64)
-        _run("affine", plan, x.size, xv, mean, var, w, b, eps, yv)
-    if scratch is not None:
-        y[...] = scratch
+        plan = Plan(x, a.axis)
+        xv = plan.view(x)
+        yv, y, scratch = plan.output(a.out, x.dtype)
+        if stats is not None:
+            mean, var = stats
+            _run("affine", plan, x.size, xv, mean, var, a.weight, a.bias, a.eps, yv)
+        elif training:
+            mean = np.empty(c)
+            var = np.empty(c)
+            if _fits_fused(plan, x, 1):
+                forward_cf(x.size, xv, a.weight, a.bias, a.eps, mean, var, yv)
+            else:
+                _run("stats", plan, x.size, xv, mean, var)
+                _run("affine", plan, x.size, xv, mean, var, a.weight, a.bias, a.eps, yv)
+        else:
+            mean, var = a.running_mean.astype(np.float64), a.running_var.astype(np.float64)
+            _run("affine", plan, x.size, xv, mean, var, a.weight, a.bias, a.eps, yv)
+        if scratch is not None:
+            y[...] = scratch
 
     finite = True
-    if training and rmean is not None:
-        finite = update_running(0, mean, var, float(m), momentum, rmean, rvar)
+    if training and a.running_mean is not None:
+        finite = update_running(0, mean, var, float(a.count), a.momentum,
+                                a.running_mean, a.running_var)
         if not finite:
             warnings.warn(
                 "batch statistics are not finite (NaN or Inf in the input); "
                 "running statistics were not updated",
                 RuntimeWarning,
-                stacklevel=2,
+                stacklevel=3,
             )
-    return y, BatchNormCache(x, plan, training, mean, var, eps, w, m, finite)
+    return y, BatchNormCache(x, plan, training, mean, var, a.eps, a.weight, a.count, finite, comm)
 
 
-def batch_norm_backward(dy, cache: BatchNormCache) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def batch_norm_backward(dy, cache: BatchNormCache, *, comm=None
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Gradients of ``sum(dy * y)`` for the forward call that gave ``cache``.
 
     Parameters
@@ -210,6 +281,11 @@ def batch_norm_backward(dy, cache: BatchNormCache) -> tuple[np.ndarray, np.ndarr
     cache : BatchNormCache
         From :func:`batch_norm_forward`, training or eval mode (in eval mode
         the statistics are constants).
+    comm : mpi4py.MPI.Comm, optional
+        The communicator of a synchronized forward, which is also the
+        default; the call is then collective. ``dx`` is this rank's part of
+        the gradient over the batch of all ranks, and ``dweight``, ``dbias``
+        are sums over all ranks (the same on every rank).
 
     Returns
     -------
@@ -224,25 +300,52 @@ def batch_norm_backward(dy, cache: BatchNormCache) -> tuple[np.ndarray, np.ndarr
             f"cache must be the BatchNormCache returned by batch_norm_forward, "
             f"got {type(cache).__name__}"
         )
+    if comm is not None and comm is not cache.comm:
+        raise ValueError(
+            "comm must be the communicator of the forward call "
+            f"({'none: it was not synchronized' if cache.comm is None else 'another object'})"
+        )
     x, plan = cache.x, cache.plan
-    dy = _checks.grad_output(dy, x)
-    c = x.shape[plan.axis]
-    xv, dyv = plan.view(x), plan.view(dy)
-
+    c = cache.mean.size
     dtype = x.dtype
     invstd = 1.0 / np.sqrt(cache.var + cache.eps)
-    sum_dy = np.empty(c)
-    sum_dy_xc = np.empty(c)
-    dxv, dx, _ = plan.output(None, dtype)
-    if cache.training and _fits_fused(plan, x, 2):
-        backward_cf(2 * x.size, dyv, xv, cache.mean, invstd, cache.weight,
-                    float(cache.count), sum_dy, sum_dy_xc, dxv)
-    elif cache.training:
-        _run("grad_sums", plan, 2 * x.size, dyv, xv, cache.mean, sum_dy, sum_dy_xc)
-        _run("grad_input", plan, 2 * x.size, dyv, xv, cache.mean, invstd, cache.weight,
-             sum_dy, sum_dy_xc, float(cache.count), dxv)
+    if cache.comm is None:
+        dy = _checks.grad_output(dy, x)
+        if cache.training and _fits_fused(plan, x, 2):
+            sum_dy, sum_dy_xc = np.empty(c), np.empty(c)
+            dxv, dx, _ = plan.output(None, dtype)
+            backward_cf(2 * x.size, plan.view(dy), plan.view(x), cache.mean, invstd,
+                        cache.weight, float(cache.count), sum_dy, sum_dy_xc, dxv)
+            return dx, (sum_dy_xc * invstd).astype(dtype), sum_dy.astype(dtype)
+        sums = _grad_sums(dy, cache)
     else:
-        _run("grad_sums", plan, 2 * x.size, dyv, xv, cache.mean, sum_dy, sum_dy_xc)
-        _run("affine", plan, x.size, dyv, np.zeros(c), cache.var, cache.weight, _NONE,
-             cache.eps, dxv)
+        error, sums = None, None
+        try:
+            dy = _checks.grad_output(dy, x)
+            sums = _grad_sums(dy, cache)
+        except (TypeError, ValueError) as exc:
+            error = exc
+        sums = _collective.sum_in_order(_collective.exchange(cache.comm, error, None, sums))
+    sum_dy, sum_dy_xc = sums
+    if x.size == 0:
+        dx = np.empty_like(x)
+    else:
+        dxv, dx, _ = plan.output(None, dtype)
+        dyv, xv = plan.view(dy), plan.view(x)
+        if cache.training:
+            _run("grad_input", plan, 2 * x.size, dyv, xv, cache.mean, invstd, cache.weight,
+                 sum_dy, sum_dy_xc, float(cache.count), dxv)
+        else:
+            _run("affine", plan, x.size, dyv, np.zeros(c), cache.var, cache.weight, _NONE,
+                 cache.eps, dxv)
     return dx, (sum_dy_xc * invstd).astype(dtype), sum_dy.astype(dtype)
+
+
+def _grad_sums(dy: np.ndarray, cache: BatchNormCache) -> np.ndarray:
+    """This rank's per-channel ``sum(dy)`` and ``sum(dy * (x - mean))``, shape (2, C)."""
+    sums = np.zeros((2, cache.mean.size))
+    if cache.x.size:
+        plan = cache.plan
+        _run("grad_sums", plan, 2 * cache.x.size, plan.view(dy), plan.view(cache.x),
+             cache.mean, sums[0], sums[1])
+    return sums

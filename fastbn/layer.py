@@ -119,6 +119,7 @@ class BatchNorm:
             momentum=0.0 if momentum is None else momentum,
             eps=self.eps,
             layout=self.layout,
+            comm=self._communicator(),
         )
         if update and cache.stats_finite:
             self.num_batches_tracked += 1
@@ -126,6 +127,10 @@ class BatchNorm:
         return y
 
     __call__ = forward
+
+    def _communicator(self):
+        """The MPI communicator a forward synchronizes over (None: local)."""
+        return None
 
     def backward(self, dy) -> np.ndarray:
         """Gradient with respect to the last forward's input.

@@ -34,3 +34,7 @@ def rng(request):
     data for every test."""
     seed = sum(ord(c) * (i + 1) for i, c in enumerate(request.node.nodeid))
     return np.random.default_rng(seed % (2**32))
+
+# tests/mpi runs under mpiexec (launched by test_mpi.py), not in this process.
+if not any(k in os.environ for k in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK")):
+    collect_ignore = ["mpi"]

@@ -1,0 +1,70 @@
+"""``SyncBatchNorm``: batch normalization over the batch of all MPI ranks."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import _collective
+from .layer import BatchNorm
+
+__all__ = ["SyncBatchNorm"]
+
+
+class SyncBatchNorm(BatchNorm):
+    """Batch normalization whose training statistics are those of the batch
+    formed by every rank of an MPI communicator (data-parallel training).
+
+    Each rank computes its per-channel ``(count, mean, M2)`` with the stable
+    kernels; the ranks exchange them in one ``allgather`` and merge them with
+    Chan et al.'s pairwise formula, in rank order, so every rank normalizes
+    with the same statistics and keeps the same running statistics. The
+    backward pass sums the per-channel gradient terms over the ranks the
+    same way. Eval mode uses no communication (PyTorch's semantics).
+
+    Forward and backward in training are collective calls: every rank of
+    ``comm`` must make them, in the same order. Ranks may hold batches of
+    different sizes, or empty ones.
+
+    Parameters
+    ----------
+    num_features : int
+        Number of channels C.
+    comm : mpi4py.MPI.Comm, optional
+        Communicator; ``MPI.COMM_WORLD`` by default.
+    eps, momentum, affine, track_running_stats, layout, dtype
+        As for :class:`BatchNorm`.
+
+    Raises
+    ------
+    ImportError
+        If mpi4py is not installed (``pip install 'fastbn[mpi]'``).
+
+    Notes
+    -----
+    ``grad_weight`` and ``grad_bias`` are sums over all ranks, equal on every
+    rank; averaging them over the ranks again (as a data-parallel optimizer
+    does with every gradient) leaves them unchanged.
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        *,
+        comm=None,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        layout: str = "NCHW",
+        dtype=np.float32,
+    ):
+        comm = _collective.communicator(comm)
+        super().__init__(num_features, eps=eps, momentum=momentum, affine=affine,
+                         track_running_stats=track_running_stats, layout=layout, dtype=dtype)
+        self.comm = comm
+
+    def __repr__(self) -> str:
+        return "Sync" + super().__repr__() + f" over {self.comm.Get_size()} ranks"
+
+    def _communicator(self):
+        return self.comm if self.training else None

@@ -1,0 +1,243 @@
+"""SyncBatchNorm across MPI ranks. Run under ``mpiexec -n 2`` (or more):
+``mpiexec -n 3 python -m pytest tests/mpi -q``; tests/test_mpi.py launches
+that from the normal suite. Every rank runs every test, in the same order.
+
+Each rank builds the same global batch from a shared seed and keeps its own
+slice; the results on each rank must equal a single-process ``BatchNorm``
+over the whole batch (and the float64 reference).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import numpy as np
+import pytest
+
+pytest.importorskip("mpi4py")
+if not any(k in os.environ for k in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK")):
+    pytest.skip("run under mpiexec -n 2 or more (tests/test_mpi.py does)", allow_module_level=True)
+
+from mpi4py import MPI  # noqa: E402
+
+import fastbn  # noqa: E402
+import reference as ref  # noqa: E402
+from helpers import assert_close, assert_message, check_y, make_shape, make_x, tol  # noqa: E402
+
+COMM = MPI.COMM_WORLD
+RANK, SIZE = COMM.Get_rank(), COMM.Get_size()
+
+#: Per-rank batch sizes: equal, uneven, and with empty ranks.
+SPLITS = {
+    "even": [4] * SIZE,
+    "uneven": [1 + 3 * r for r in range(SIZE)],
+    "empty": [0 if r % 2 else 5 for r in range(SIZE)],
+}
+
+
+def _slice(a: np.ndarray, split: list[int]) -> np.ndarray:
+    start = sum(split[:RANK])
+    return a[start:start + split[RANK]]
+
+
+def _global_batch(split, rank_, layout, dtype, seed=0, loc=None):
+    rng = np.random.default_rng(seed)
+    shape = make_shape(rank_, layout, sum(split), 3)
+    x = make_x(rng, shape, layout, dtype, loc=loc)
+    dy = rng.standard_normal(shape).astype(dtype)
+    return x, dy
+
+
+def _agree(a: np.ndarray) -> None:
+    """``a`` is bit-identical on every rank."""
+    everyone = COMM.allgather(np.asarray(a))
+    for other in everyone:
+        np.testing.assert_array_equal(other, everyone[0])
+
+
+def _check_vector(got, want, dtype, what):
+    assert_close(got, want, rtol=tol(dtype), atol=tol(dtype), what=what)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("split", sorted(SPLITS))
+@pytest.mark.parametrize("rank_", [2, 4])
+def test_layer_matches_one_process_over_the_whole_batch(rank_, split, layout, dtype):
+    sizes = SPLITS[split]
+    sync = fastbn.SyncBatchNorm(3, layout=layout, dtype=dtype)
+    single = fastbn.BatchNorm(3, layout=layout, dtype=dtype)
+    rng = np.random.default_rng(1)
+    for bn in (sync, single):
+        bn.weight[:] = rng.uniform(0.5, 2.0, 3) if bn is sync else sync.weight
+        bn.bias[:] = rng.uniform(-1.0, 1.0, 3) if bn is sync else sync.bias
+    for step in range(2):
+        x, dy = _global_batch(sizes, rank_, layout, dtype, seed=step)
+        y_all = single(x)
+        dx_all = single.backward(dy)
+        y = sync(_slice(x, sizes))
+        dx = sync.backward(_slice(dy, sizes))
+        what = f"step {step} rank {RANK}"
+        assert y.shape == _slice(x, sizes).shape and dx.shape == y.shape
+        check_y(y, _slice(y_all, sizes), dtype, what + " y")
+        check_y(dx, _slice(dx_all, sizes), dtype, what + " dx")
+        _check_vector(sync.grad_weight, single.grad_weight, dtype, what + " dweight")
+        _check_vector(sync.grad_bias, single.grad_bias, dtype, what + " dbias")
+        _check_vector(sync.running_mean, single.running_mean, dtype, what + " running_mean")
+        _check_vector(sync.running_var, single.running_var, dtype, what + " running_var")
+        assert sync.num_batches_tracked == single.num_batches_tracked == step + 1
+        for v in (sync.running_mean, sync.running_var, sync.grad_weight, sync.grad_bias):
+            _agree(v)
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_functional_matches_the_float64_reference(layout, dtype):
+    sizes = SPLITS["uneven"]
+    x, dy = _global_batch(sizes, 4, layout, dtype, seed=7)
+    w = np.linspace(0.5, 1.5, 3).astype(dtype)
+    b = np.linspace(-1.0, 1.0, 3).astype(dtype)
+    rm, rv = np.zeros(3, dtype), np.ones(3, dtype)
+    y, cache = fastbn.batch_norm_forward(_slice(x, sizes), w, b, running_mean=rm,
+                                         running_var=rv, layout=layout, comm=COMM)
+    dx, dw, db = fastbn.batch_norm_backward(_slice(dy, sizes), cache)
+    ref_y, mean, var = ref.forward_train(x, w, b, layout=layout)
+    ref_dx, ref_dw, ref_db = ref.backward_train(dy, x, w, layout=layout)
+    m = x.size // 3
+    check_y(y, _slice(ref_y, sizes), dtype)
+    check_y(dx, _slice(ref_dx, sizes), dtype, "dx")
+    _check_vector(dw, ref_dw, dtype, "dweight")
+    _check_vector(db, ref_db, dtype, "dbias")
+    _check_vector(rm, 0.1 * mean, dtype, "running_mean")
+    _check_vector(rv, 0.9 + 0.1 * var * m / (m - 1), dtype, "running_var")
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_large_mean_offset_float32(layout):
+    """|mean| = 1e4 x std: the merged statistics stay within the SPEC bounds."""
+    sizes = [64 + 16 * r for r in range(SIZE)]
+    x, _ = _global_batch(sizes, 4, layout, np.float32, seed=3, loc=np.array([1e4, -2e4, 5e3]))
+    y, cache = fastbn.batch_norm_forward(_slice(x, sizes), layout=layout, comm=COMM)
+    mean, var = ref.stats(x, layout)
+    scale = float(np.max(np.abs(x.astype(np.float64))))
+    assert_close(cache.mean, mean, rtol=0, atol=1e-6 * scale, what="mean")
+    assert_close(cache.var, var, rtol=1e-4, atol=0, what="var")
+    check_y(y, _slice(ref.forward_train(x, layout=layout)[0], sizes), np.float32)
+
+
+def test_backward_comm_must_be_the_forward_one():
+    x, _ = _global_batch(SPLITS["even"], 2, "NCHW", np.float64)
+    x = _slice(x, SPLITS["even"])
+    _, synced = fastbn.batch_norm_forward(x, comm=COMM)
+    _, local = fastbn.batch_norm_forward(x)
+    with pytest.raises(ValueError) as e:
+        fastbn.batch_norm_backward(np.ones_like(x), local, comm=COMM)
+    assert_message(e, "not synchronized")
+    dup = COMM.Dup()
+    try:
+        with pytest.raises(ValueError) as e:
+            fastbn.batch_norm_backward(np.ones_like(x), synced, comm=dup)
+        assert_message(e, "communicator of the forward")
+    finally:
+        dup.Free()
+    fastbn.batch_norm_backward(np.ones_like(x), synced, comm=COMM)  # the same: fine
+
+
+def _rank_dependent(good, bad):
+    return bad if RANK == SIZE - 1 else good
+
+
+@pytest.mark.parametrize("case", ["channels", "dtype", "local-check"])
+def test_mismatch_raises_on_every_rank_and_changes_nothing(case):
+    C = _rank_dependent(3, 4) if case == "channels" else 3
+    dtype = _rank_dependent(np.float32, np.float64) if case == "dtype" else np.float32
+    bn = fastbn.SyncBatchNorm(C, dtype=dtype)
+    x = np.random.default_rng(RANK).standard_normal((4, C, 3)).astype(dtype)
+    if case == "local-check":
+        x = _rank_dependent(x, x[:, :2])  # wrong channel count on the last rank only
+    before = bn.state_dict()
+    with pytest.raises(ValueError) as e:
+        bn(x)
+    if case == "local-check" and RANK != SIZE - 1:
+        assert_message(e, f"rank {SIZE - 1}", "channels")
+    elif case != "local-check":
+        assert_message(e, "ranks disagree", "channels")
+    after = bn.state_dict()
+    assert before.keys() == after.keys()
+    for k in before:
+        np.testing.assert_array_equal(before[k], after[k])
+    ok = fastbn.SyncBatchNorm(3)  # the communicator is still usable
+    ok(np.ones((2, 3, 2), np.float32) * RANK)
+    assert ok.num_batches_tracked == 1
+
+
+def test_bad_dy_on_one_rank_raises_on_every_rank():
+    bn = fastbn.SyncBatchNorm(3, dtype=np.float64)
+    x = np.random.default_rng(RANK).standard_normal((4, 3))
+    bn(x)
+    dy = _rank_dependent(np.ones_like(x), np.ones((5, 3)))
+    with pytest.raises(ValueError) as e:
+        bn.backward(dy)
+    assert_message(e, ("dy must have shape", f"rank {SIZE - 1}"))
+    bn.backward(np.ones_like(x))  # no collective left dangling
+
+
+def test_too_few_values_in_the_whole_batch():
+    bn = fastbn.SyncBatchNorm(3, dtype=np.float64)
+    x = np.ones((1, 3)) if RANK == 0 else np.empty((0, 3))
+    with pytest.raises(ValueError) as e:
+        bn(x)
+    assert_message(e, "more than 1 value per channel")
+    assert bn.num_batches_tracked == 0
+    np.testing.assert_array_equal(bn.running_var, np.ones(3))
+
+
+def test_nonfinite_on_one_rank_skips_the_update_everywhere():
+    bn = fastbn.SyncBatchNorm(3, dtype=np.float64)
+    x = np.random.default_rng(RANK).standard_normal((4, 3))
+    if RANK == SIZE - 1:
+        x[0, 1] = np.nan
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        y = bn(x)
+    assert any(issubclass(w.category, RuntimeWarning) for w in caught)
+    assert bn.num_batches_tracked == 0
+    np.testing.assert_array_equal(bn.running_mean, np.zeros(3))
+    assert np.isnan(y[:, 1]).all() and np.isfinite(y[:, [0, 2]]).all()
+
+
+@pytest.mark.parametrize("track", [True, False])
+def test_eval_mode_does_not_communicate(monkeypatch, track):
+    from fastbn import _collective
+
+    calls = []
+    real = _collective.exchange
+    monkeypatch.setattr(_collective, "exchange", lambda *a: calls.append(1) or real(*a))
+    sync = fastbn.SyncBatchNorm(3, track_running_stats=track, dtype=np.float64)
+    local = fastbn.BatchNorm(3, track_running_stats=track, dtype=np.float64)
+    x = np.random.default_rng(RANK).standard_normal((4, 3, 2))
+    sync.eval(), local.eval()
+    np.testing.assert_array_equal(sync(x), local(x))
+    np.testing.assert_array_equal(sync.backward(x), local.backward(x))
+    assert calls == []
+    sync.train()
+    sync(x)
+    sync.backward(x)
+    assert len(calls) == 2
+
+
+def test_bad_communicator():
+    with pytest.raises(TypeError) as e:
+        fastbn.SyncBatchNorm(3, comm="world")
+    assert_message(e, "mpi4py communicator")
+    with pytest.raises(TypeError):
+        fastbn.batch_norm_forward(np.ones((2, 3)), comm=42)
+
+
+def test_state_dict_and_repr():
+    bn = fastbn.SyncBatchNorm(3, comm=COMM)
+    assert set(bn.state_dict()) == {"weight", "bias", "running_mean", "running_var",
+                                    "num_batches_tracked"}
+    assert f"over {SIZE} ranks" in repr(bn)
+    assert bn.comm is COMM
