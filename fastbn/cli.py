@@ -1,7 +1,8 @@
 """``python -m fastbn`` (also the ``fastbn`` console script).
 
-Subcommands: ``info`` (versions, threads, compile cache) and ``bench`` (the
-side-by-side comparison of :mod:`fastbn.benchmark`).
+Subcommands: ``info`` (versions, threads, compile cache), ``bench`` (the
+side-by-side comparison of :mod:`fastbn.benchmark`) and ``demo`` (the training
+demo of :mod:`fastbn.demo`).
 """
 
 from __future__ import annotations
@@ -72,6 +73,51 @@ def bench(args: argparse.Namespace) -> int:
     return main_from_args(args)
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
+    if not (value > 0 and value != float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text}")
+    return value
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+def demo(args: argparse.Namespace) -> int:
+    from fastbn.demo import run
+
+    try:
+        run(epochs=args.epochs, lr=args.lr, seed=args.seed, plot=args.plot, progress=not args.no_progress)
+    except (ImportError, OSError) as exc:
+        print(f"fastbn demo: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _add_demo_arguments(parser: argparse.ArgumentParser) -> None:
+    from fastbn import demo as d
+    from fastbn.benchmark import _positive_int
+
+    parser.add_argument("--epochs", type=_positive_int, default=d.EPOCHS,
+                        help=f"passes over the training set (default {d.EPOCHS})")
+    parser.add_argument("--lr", type=_positive_float, default=d.LR,
+                        help=f"SGD learning rate of both networks (default {d.LR:g})")
+    parser.add_argument("--seed", type=_seed, default=d.SEED,
+                        help=f"seed of the split, the weights and the shuffling (default {d.SEED})")
+    parser.add_argument("--plot", metavar="FILE.png", help="write the learning curves (needs matplotlib)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from fastbn.benchmark import add_arguments
 
@@ -83,6 +129,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="compare fastbn with PyTorch, NumPy and a parallel copy")
     add_arguments(p)
     p.set_defaults(func=bench)
+    p = sub.add_parser(
+        "demo", help="train a sigmoid MLP on scikit-learn's digits with and without BatchNorm",
+        description="Train the same NumPy MLP (sigmoid, SGD, high learning rate) on scikit-learn's "
+                    "digits with and without fastbn.BatchNorm; print the per-epoch table. "
+                    'Needs pip install -e ".[demo]".')
+    _add_demo_arguments(p)
+    p.set_defaults(func=demo)
     return parser
 
 

@@ -95,8 +95,9 @@ def batch_stats(x, *, layout: str = "NCHW") -> tuple[np.ndarray, np.ndarray]:
     Returns
     -------
     mean, var : ndarray, shape (C,), dtype of ``x``
-        Computed with float64 accumulation and a blocked two-pass scheme, as
-        accurate as a float64 two-pass reference.
+        Blocks of shifted sums in the input dtype, merged in float64 with
+        Chan et al.'s formula: within the SPEC's bounds of a float64
+        two-pass reference (see the numerical stability page).
     """
     x = _checks.tensor(x)
     axis, _ = _checks.channels(x, layout)
@@ -258,8 +259,14 @@ def _forward(a: _Forward, training: bool, comm, stats=None) -> tuple[np.ndarray,
 
     finite = True
     if training and a.running_mean is not None:
-        finite = update_running(0, mean, var, float(a.count), a.momentum,
-                                a.running_mean, a.running_var)
+        rmean, rvar = a.running_mean, a.running_var
+        native = rmean.dtype in _checks.FLOAT_DTYPES and rvar.dtype in _checks.FLOAT_DTYPES
+        if not native:  # e.g. float16: updated in float64, then cast back
+            rmean, rvar = rmean.astype(np.float64), rvar.astype(np.float64)
+        finite = update_running(0, mean, var, float(a.count), a.momentum, rmean, rvar)
+        if finite and not native:
+            a.running_mean[...] = rmean
+            a.running_var[...] = rvar
         if not finite:
             warnings.warn(
                 "batch statistics are not finite (NaN or Inf in the input); "

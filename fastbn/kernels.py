@@ -1,4 +1,5 @@
-"""Numba kernels: plain loop nests, no validation, float64 accumulation.
+"""Numba kernels: plain loop nests, no validation; blocks summed in the input
+dtype, partial results merged in float64.
 
 Every kernel comes in two shapes of the same data:
 

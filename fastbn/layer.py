@@ -75,6 +75,8 @@ class BatchNorm:
         self.dtype = dtype
         c = self.num_features
         self.weight = np.ones(c, dtype) if affine else None
+        # Stands for an absent weight, so that the (collective) forward checks the channel count.
+        self._ones = np.ones(c, dtype)
         self.bias = np.zeros(c, dtype) if affine else None
         self.running_mean = np.zeros(c, dtype) if track_running_stats else None
         self.running_var = np.ones(c, dtype) if track_running_stats else None
@@ -104,6 +106,9 @@ class BatchNorm:
 
     def forward(self, x) -> np.ndarray:
         """Normalize ``x``; in training, update the running statistics."""
+        comm = self._communicator()
+        if comm is None and not self.affine and self.running_mean is None:
+            self._check_channels(x)
         use_batch = self.training or self.running_mean is None
         update = self.training and self.running_mean is not None
         momentum = self.momentum
@@ -111,7 +116,7 @@ class BatchNorm:
             momentum = 1.0 / (self.num_batches_tracked + 1)
         y, cache = batch_norm_forward(
             x,
-            self.weight,
+            self.weight if self.affine else self._ones,
             self.bias,
             training=use_batch,
             running_mean=self.running_mean if (update or not use_batch) else None,
@@ -119,7 +124,7 @@ class BatchNorm:
             momentum=0.0 if momentum is None else momentum,
             eps=self.eps,
             layout=self.layout,
-            comm=self._communicator(),
+            comm=comm,
         )
         if update and cache.stats_finite:
             self.num_batches_tracked += 1
@@ -127,6 +132,15 @@ class BatchNorm:
         return y
 
     __call__ = forward
+
+    def _check_channels(self, x) -> None:
+        x = _checks.tensor(x)
+        axis, c = _checks.channels(x, self.layout)
+        if c != self.num_features:
+            raise ValueError(
+                f"expected {self.num_features} channels (num_features) on axis {axis} "
+                f"({self.layout}), got input of shape {x.shape} with {c}"
+            )
 
     def _communicator(self):
         """The MPI communicator a forward synchronizes over (None: local)."""

@@ -312,3 +312,14 @@ def test_failed_load_is_atomic(rng):
     with pytest.raises(ValueError):
         s.bn.load_state_dict(bad)
     s.check_unchanged()
+
+
+def test_layer_without_vectors_checks_the_channel_count():
+    """With neither weight nor running statistics, the layer itself checks C."""
+    bn = fastbn.BatchNorm(7, affine=False, track_running_stats=False)
+    for mode in (True, False):
+        bn.train(mode)
+        with pytest.raises(ValueError) as excinfo:
+            bn(np.ones((4, 3, 2), np.float32))
+        assert_message(excinfo, ("7",), ("3",), ("channels",))
+        assert bn.num_batches_tracked == 0

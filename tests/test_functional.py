@@ -339,3 +339,19 @@ def test_cache_is_small(rng, training):
             continue
         assert not np.shares_memory(a, y), "cache keeps y alive"
         assert a.nbytes <= 64 * 3 * 8, f"cache holds an array of shape {a.shape}"
+
+
+def test_float16_parameters_and_running_stats(rng):
+    """float16 parameters and running statistics (no kernel dtype) are cast;
+    the running statistics are updated in place and stay float16."""
+    x = make_x(rng, (6, 3, 5), "NCHW", np.float32)
+    w, b = make_params(rng, 3, np.float16)
+    rm, rv = make_running(rng, 3, np.float16)
+    rm0, rv0 = rm.copy(), rv.copy()
+    y, _ = fastbn.batch_norm_forward(x, w, b, running_mean=rm, running_var=rv)
+    ry, mean, var = ref.forward_train(x, w.astype(np.float32), b.astype(np.float32), EPS, "NCHW")
+    check_y(y, ry, np.float32)
+    erm, erv = ref.update_running(rm0.astype(np.float64), rv0.astype(np.float64), mean, var, 30, 0.1)
+    assert rm.dtype == rv.dtype == np.float16
+    np.testing.assert_allclose(rm, erm, rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(rv, erv, rtol=1e-3, atol=1e-3)
