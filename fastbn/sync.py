@@ -41,9 +41,13 @@ class SyncBatchNorm(BatchNorm):
 
     Notes
     -----
-    ``grad_weight`` and ``grad_bias`` are sums over all ranks, equal on every
-    rank; averaging them over the ranks again (as a data-parallel optimizer
-    does with every gradient) leaves them unchanged.
+    The gradients are those of the batch of all ranks: ``backward(dy)``
+    takes this rank's rows of the gradient of the global loss, returns this
+    rank's rows of ``dx``, and sets ``grad_weight`` and ``grad_bias`` to the
+    sums over all ranks, equal on every rank. In data-parallel training,
+    scale each rank's loss gradient by its share of the global batch and
+    sum the other layers' gradients with ``Allreduce``; do not reduce the
+    SyncBatchNorm gradients again (``examples/mpi_digits.py`` does this).
     """
 
     def __init__(

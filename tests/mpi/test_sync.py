@@ -241,3 +241,26 @@ def test_state_dict_and_repr():
                                     "num_batches_tracked"}
     assert f"over {SIZE} ranks" in repr(bn)
     assert bn.comm is COMM
+
+
+def test_data_parallel_example_matches_one_process():
+    """examples/mpi_digits.py: SyncBatchNorm plus summed gradients train the
+    same network as one process on the whole mini-batches."""
+    pytest.importorskip("sklearn")
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "examples" / "mpi_digits.py"
+    spec = importlib.util.spec_from_file_location("mpi_digits", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    model, history = example.train(COMM, epochs=1, hidden=(32, 32))
+    single, single_history = example.train(MPI.COMM_SELF, epochs=1, hidden=(32, 32))
+    assert any(isinstance(layer, fastbn.SyncBatchNorm) for layer in model.layers)
+    for a, b in zip(model.layers, single.layers):
+        for name in a.parameters():
+            assert_close(a.parameters()[name], b.parameters()[name], rtol=1e-9, atol=1e-9,
+                         what=f"{a!r} {name}")
+        if isinstance(a, fastbn.BatchNorm):
+            assert_close(a.running_var, b.running_var, rtol=1e-9, atol=1e-9, what="running_var")
+    assert_close(history, single_history, rtol=1e-9, atol=1e-9, what="history")
