@@ -83,16 +83,6 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def _seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
-    return value
-
-
 def demo(args: argparse.Namespace) -> int:
     from fastbn.demo import run
 
@@ -106,13 +96,13 @@ def demo(args: argparse.Namespace) -> int:
 
 def _add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     from fastbn import demo as d
-    from fastbn.benchmark import _positive_int
+    from fastbn.benchmark import _positive_int, int_at_least
 
     parser.add_argument("--epochs", type=_positive_int, default=d.EPOCHS,
                         help=f"passes over the training set (default {d.EPOCHS})")
     parser.add_argument("--lr", type=_positive_float, default=d.LR,
                         help=f"SGD learning rate of both networks (default {d.LR:g})")
-    parser.add_argument("--seed", type=_seed, default=d.SEED,
+    parser.add_argument("--seed", type=int_at_least(0), default=d.SEED,
                         help=f"seed of the split, the weights and the shuffling (default {d.SEED})")
     parser.add_argument("--plot", metavar="FILE.png", help="write the learning curves (needs matplotlib)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -156,6 +156,7 @@ def test_cli_writes_table_and_plot(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (("--epochs", "0"), "expected an integer >= 1, got 0"),
     (("--epochs", "-2"), "expected an integer >= 1, got -2"),
+    (("--epochs", "x"), "expected an integer >= 1, got x"),
     (("--lr", "0"), "expected a finite number > 0, got 0"),
     (("--lr", "fast"), "expected a number > 0, got 'fast'"),
     (("--seed", "-1"), "expected an integer >= 0, got -1"),
