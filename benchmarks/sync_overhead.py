@@ -71,7 +71,8 @@ def main() -> None:
     if comm.Get_rank() == 0:
         import numba
 
-        print(f"{comm.Get_size()} ranks x {numba.get_num_threads()} threads, {args.dtype}, "
+        threads = numba.get_num_threads()
+        print(f"{comm.Get_size()} ranks x {threads} thread{'s' if threads > 1 else ''}, {args.dtype}, "
               f"forward-train + backward per rank, median of {args.repeat}, slowest rank")
         print("\n| local batch per rank | layout | BatchNorm ms | Sync over COMM_SELF ms "
               "| SyncBatchNorm ms | overhead | of which exchange |")

@@ -1,9 +1,10 @@
-"""What synchronized batch normalization exchanges between MPI ranks.
+"""How synchronized batch normalization agrees across MPI ranks.
 
 Every rank makes the same collective calls in the same order, whatever its
-input: one ``allgather`` per synchronized forward and one per backward. A
-rank whose local checks fail still takes part, sending its error instead of
-its statistics, so every rank raises and none waits for ever.
+input. A synchronized forward or backward starts with one ``allgather`` in
+which each rank sends its shape and, if its local checks failed, its error;
+then every rank raises, or none does, and none waits for ever. The numbers
+themselves follow in buffer collectives (:mod:`fastbn._synced`).
 """
 
 from __future__ import annotations
@@ -48,11 +49,11 @@ def exchange(comm, error: Exception | None, header: Any, payload: Any) -> list:
     comm : mpi4py.MPI.Comm
     error : Exception or None
         This rank's failure, raised here after the exchange.
-    header : hashable
+    header : object
         What must be equal across ranks, e.g. ``(channels, dtype, layout)``;
         None on a rank that failed.
     payload : object
-        This rank's contribution (pickled by mpi4py).
+        This rank's contribution, small (pickled by mpi4py).
 
     Returns
     -------

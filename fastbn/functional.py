@@ -7,7 +7,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import _checks, _collective
+from . import _checks, _collective, _synced
 from ._layout import Plan
 from .kernels import (FUSED_MAX_BYTES, FUSED_MAX_TOTAL, FUSED_MIN_CHANNELS, KERNELS,
                       backward_cf, forward_cf, update_running)
@@ -30,10 +30,10 @@ class BatchNormCache:
     """
 
     __slots__ = ("x", "plan", "training", "mean", "var", "eps", "weight", "count",
-                 "stats_finite", "comm")
+                 "stats_finite", "sync")
 
     def __init__(self, x, plan, training, mean, var, eps, weight, count, stats_finite,
-                 comm=None):
+                 sync=None):
         self.x = x
         self.plan = plan
         self.training = training
@@ -43,7 +43,7 @@ class BatchNormCache:
         self.weight = weight
         self.count = count
         self.stats_finite = stats_finite
-        self.comm = comm
+        self.sync = sync
 
     def __repr__(self) -> str:
         mode = "training" if self.training else "eval"
@@ -206,56 +206,50 @@ def batch_norm_forward(
     if not (training and comm is not None):
         a = _forward_args(x, weight, bias, training, running_mean, running_var, momentum, eps,
                           layout, out, False)
-        return _forward(a, bool(training), None)
+        return _forward(a, bool(training))
     comm = _collective.communicator(comm)
-    a, error, local = None, None, (0, None, None)
+    a, error = None, None
     try:
         a = _forward_args(x, weight, bias, True, running_mean, running_var, momentum, eps,
                           layout, out, True)
-        if a.count:
-            mean, var = _moments(a.x, Plan(a.x, a.axis))
-            local = (a.count, mean, var * a.count)
     except (TypeError, ValueError) as exc:
         error = exc
-    header = None if a is None else (a.channels, a.x.dtype.str, layout)
-    parts = _collective.exchange(comm, error, header, local)
-    total, mean, var = _collective.merge_moments(parts, a.channels)
+    header, count = (None, None) if a is None else ((a.channels, a.x.dtype.str, layout), a.count)
+    sync = _synced.Sync(comm, _collective.exchange(comm, error, header, count))
+    total = sum(sync.counts)
     if total < 2:
         raise ValueError(
             "expected more than 1 value per channel in the batch of all ranks when "
-            f"training, got {total} (per rank: {[p[0] for p in parts]})"
+            f"training, got {total} (per rank: {sync.counts})"
         )
-    return _forward(a._replace(count=total), True, comm, (mean, var))
+    return _forward(a._replace(count=total), True, sync)
 
 
-def _forward(a: _Forward, training: bool, comm, stats=None) -> tuple[np.ndarray, BatchNormCache]:
-    """The forward pass over checked arguments; ``stats``, when given, are
-    the batch statistics of all ranks."""
+def _forward(a: _Forward, training: bool, sync=None) -> tuple[np.ndarray, BatchNormCache]:
+    """The forward pass over checked arguments, synchronized over the ranks
+    of ``sync`` when given (then ``a.count`` is the count of all ranks)."""
     x, c = a.x, a.channels
-    if x.size == 0:
-        plan = None
-        y = np.empty_like(x) if a.out is None else a.out
-        mean, var = stats
+    plan = Plan(x, a.axis) if x.size else None
+    if plan is None:
+        y, yv, scratch = (np.empty_like(x) if a.out is None else a.out), None, None
     else:
-        plan = Plan(x, a.axis)
         xv = plan.view(x)
         yv, y, scratch = plan.output(a.out, x.dtype)
-        if stats is not None:
-            mean, var = stats
-            _run("affine", plan, x.size, xv, mean, var, a.weight, a.bias, a.eps, yv)
-        elif training:
-            mean = np.empty(c)
-            var = np.empty(c)
-            if _fits_fused(plan, x, 1):
-                forward_cf(x.size, xv, a.weight, a.bias, a.eps, mean, var, yv)
-            else:
-                _run("stats", plan, x.size, xv, mean, var)
-                _run("affine", plan, x.size, xv, mean, var, a.weight, a.bias, a.eps, yv)
+    if sync is not None:
+        mean, var = _synced.forward(sync, x, plan, c, a.weight, a.bias, a.eps, yv)
+    elif training:
+        mean = np.empty(c)
+        var = np.empty(c)
+        if _fits_fused(plan, x, 1):
+            forward_cf(x.size, xv, a.weight, a.bias, a.eps, mean, var, yv)
         else:
-            mean, var = a.running_mean.astype(np.float64), a.running_var.astype(np.float64)
+            _run("stats", plan, x.size, xv, mean, var)
             _run("affine", plan, x.size, xv, mean, var, a.weight, a.bias, a.eps, yv)
-        if scratch is not None:
-            y[...] = scratch
+    else:
+        mean, var = a.running_mean.astype(np.float64), a.running_var.astype(np.float64)
+        _run("affine", plan, x.size, xv, mean, var, a.weight, a.bias, a.eps, yv)
+    if scratch is not None:
+        y[...] = scratch
 
     finite = True
     if training and a.running_mean is not None:
@@ -274,7 +268,7 @@ def _forward(a: _Forward, training: bool, comm, stats=None) -> tuple[np.ndarray,
                 RuntimeWarning,
                 stacklevel=3,
             )
-    return y, BatchNormCache(x, plan, training, mean, var, a.eps, a.weight, a.count, finite, comm)
+    return y, BatchNormCache(x, plan, training, mean, var, a.eps, a.weight, a.count, finite, sync)
 
 
 def batch_norm_backward(dy, cache: BatchNormCache, *, comm=None
@@ -307,52 +301,40 @@ def batch_norm_backward(dy, cache: BatchNormCache, *, comm=None
             f"cache must be the BatchNormCache returned by batch_norm_forward, "
             f"got {type(cache).__name__}"
         )
-    if comm is not None and comm is not cache.comm:
+    sync = cache.sync
+    if comm is not None and (sync is None or comm is not sync.comm):
         raise ValueError(
             "comm must be the communicator of the forward call "
-            f"({'none: it was not synchronized' if cache.comm is None else 'another object'})"
+            f"({'none: it was not synchronized' if sync is None else 'another object'})"
         )
     x, plan = cache.x, cache.plan
     c = cache.mean.size
     dtype = x.dtype
     invstd = 1.0 / np.sqrt(cache.var + cache.eps)
-    if cache.comm is None:
-        dy = _checks.grad_output(dy, x)
-        if cache.training and _fits_fused(plan, x, 2):
-            sum_dy, sum_dy_xc = np.empty(c), np.empty(c)
-            dxv, dx, _ = plan.output(None, dtype)
-            backward_cf(2 * x.size, plan.view(dy), plan.view(x), cache.mean, invstd,
-                        cache.weight, float(cache.count), sum_dy, sum_dy_xc, dxv)
-            return dx, (sum_dy_xc * invstd).astype(dtype), sum_dy.astype(dtype)
-        sums = _grad_sums(dy, cache)
-    else:
-        error, sums = None, None
+    if sync is not None:
+        error = None
         try:
             dy = _checks.grad_output(dy, x)
-            sums = _grad_sums(dy, cache)
         except (TypeError, ValueError) as exc:
             error = exc
-        sums = _collective.sum_in_order(_collective.exchange(cache.comm, error, None, sums))
-    sum_dy, sum_dy_xc = sums
-    if x.size == 0:
-        dx = np.empty_like(x)
+        _collective.exchange(sync.comm, error, None, None)
+        dxv, dx, _ = (None, np.empty_like(x), None) if plan is None else plan.output(None, dtype)
+        sum_dy, sum_dy_xc = _synced.backward(sync, dy, x, plan, cache.mean, invstd,
+                                             cache.weight, cache.count, dxv)
+        return dx, (sum_dy_xc * invstd).astype(dtype), sum_dy.astype(dtype)
+    dy = _checks.grad_output(dy, x)
+    sum_dy, sum_dy_xc = np.empty(c), np.empty(c)
+    dxv, dx, _ = plan.output(None, dtype)
+    dyv, xv = plan.view(dy), plan.view(x)
+    if cache.training and _fits_fused(plan, x, 2):
+        backward_cf(2 * x.size, dyv, xv, cache.mean, invstd, cache.weight,
+                    float(cache.count), sum_dy, sum_dy_xc, dxv)
+    elif cache.training:
+        _run("grad_sums", plan, 2 * x.size, dyv, xv, cache.mean, sum_dy, sum_dy_xc)
+        _run("grad_input", plan, 2 * x.size, dyv, xv, cache.mean, invstd, cache.weight,
+             sum_dy, sum_dy_xc, float(cache.count), dxv)
     else:
-        dxv, dx, _ = plan.output(None, dtype)
-        dyv, xv = plan.view(dy), plan.view(x)
-        if cache.training:
-            _run("grad_input", plan, 2 * x.size, dyv, xv, cache.mean, invstd, cache.weight,
-                 sum_dy, sum_dy_xc, float(cache.count), dxv)
-        else:
-            _run("affine", plan, x.size, dyv, np.zeros(c), cache.var, cache.weight, _NONE,
-                 cache.eps, dxv)
+        _run("grad_sums", plan, 2 * x.size, dyv, xv, cache.mean, sum_dy, sum_dy_xc)
+        _run("affine", plan, x.size, dyv, np.zeros(c), cache.var, cache.weight, _NONE,
+             cache.eps, dxv)
     return dx, (sum_dy_xc * invstd).astype(dtype), sum_dy.astype(dtype)
-
-
-def _grad_sums(dy: np.ndarray, cache: BatchNormCache) -> np.ndarray:
-    """This rank's per-channel ``sum(dy)`` and ``sum(dy * (x - mean))``, shape (2, C)."""
-    sums = np.zeros((2, cache.mean.size))
-    if cache.x.size:
-        plan = cache.plan
-        _run("grad_sums", plan, 2 * cache.x.size, plan.view(dy), plan.view(cache.x),
-             cache.mean, sums[0], sums[1])
-    return sums

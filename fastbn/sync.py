@@ -15,11 +15,11 @@ class SyncBatchNorm(BatchNorm):
     formed by every rank of an MPI communicator (data-parallel training).
 
     Each rank computes its per-channel ``(count, mean, M2)`` with the stable
-    kernels; the ranks exchange them in one ``allgather`` and merge them with
-    Chan et al.'s pairwise formula, in rank order, so every rank normalizes
-    with the same statistics and keeps the same running statistics. The
-    backward pass sums the per-channel gradient terms over the ranks the
-    same way. Eval mode uses no communication (PyTorch's semantics).
+    kernels; the ranks exchange them and merge them with Chan et al.'s
+    pairwise formula, in rank order, so every rank normalizes with the same
+    statistics and keeps the same running statistics. The backward pass sums
+    the per-channel gradient terms over the ranks the same way. Eval mode
+    uses no communication (PyTorch's semantics).
 
     Forward and backward in training are collective calls: every rank of
     ``comm`` must make them, in the same order. Ranks may hold batches of

@@ -41,9 +41,9 @@ def _slice(a: np.ndarray, split: list[int]) -> np.ndarray:
     return a[start:start + split[RANK]]
 
 
-def _global_batch(split, rank_, layout, dtype, seed=0, loc=None):
+def _global_batch(split, rank_, layout, dtype, seed=0, loc=None, channels=3):
     rng = np.random.default_rng(seed)
-    shape = make_shape(rank_, layout, sum(split), 3)
+    shape = make_shape(rank_, layout, sum(split), channels)
     x = make_x(rng, shape, layout, dtype, loc=loc)
     dy = rng.standard_normal(shape).astype(dtype)
     return x, dy
@@ -60,20 +60,25 @@ def _check_vector(got, want, dtype, what):
     assert_close(got, want, rtol=tol(dtype), atol=tol(dtype), what=what)
 
 
+@pytest.fixture(params=[3, 20], ids=["3ch", "20ch"])
+def channels(request):
+    return request.param
+
+
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
 @pytest.mark.parametrize("split", sorted(SPLITS))
 @pytest.mark.parametrize("rank_", [2, 4])
-def test_layer_matches_one_process_over_the_whole_batch(rank_, split, layout, dtype):
+def test_layer_matches_one_process_over_the_whole_batch(rank_, split, layout, dtype, channels):
     sizes = SPLITS[split]
-    sync = fastbn.SyncBatchNorm(3, layout=layout, dtype=dtype)
-    single = fastbn.BatchNorm(3, layout=layout, dtype=dtype)
+    sync = fastbn.SyncBatchNorm(channels, layout=layout, dtype=dtype)
+    single = fastbn.BatchNorm(channels, layout=layout, dtype=dtype)
     rng = np.random.default_rng(1)
     for bn in (sync, single):
-        bn.weight[:] = rng.uniform(0.5, 2.0, 3) if bn is sync else sync.weight
-        bn.bias[:] = rng.uniform(-1.0, 1.0, 3) if bn is sync else sync.bias
+        bn.weight[:] = rng.uniform(0.5, 2.0, channels) if bn is sync else sync.weight
+        bn.bias[:] = rng.uniform(-1.0, 1.0, channels) if bn is sync else sync.bias
     for step in range(2):
-        x, dy = _global_batch(sizes, rank_, layout, dtype, seed=step)
+        x, dy = _global_batch(sizes, rank_, layout, dtype, seed=step, channels=channels)
         y_all = single(x)
         dx_all = single.backward(dy)
         y = sync(_slice(x, sizes))
@@ -93,18 +98,18 @@ def test_layer_matches_one_process_over_the_whole_batch(rank_, split, layout, dt
 
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_functional_matches_the_float64_reference(layout, dtype):
+def test_functional_matches_the_float64_reference(layout, dtype, channels):
     sizes = SPLITS["uneven"]
-    x, dy = _global_batch(sizes, 4, layout, dtype, seed=7)
-    w = np.linspace(0.5, 1.5, 3).astype(dtype)
-    b = np.linspace(-1.0, 1.0, 3).astype(dtype)
-    rm, rv = np.zeros(3, dtype), np.ones(3, dtype)
+    x, dy = _global_batch(sizes, 4, layout, dtype, seed=7, channels=channels)
+    w = np.linspace(0.5, 1.5, channels).astype(dtype)
+    b = np.linspace(-1.0, 1.0, channels).astype(dtype)
+    rm, rv = np.zeros(channels, dtype), np.ones(channels, dtype)
     y, cache = fastbn.batch_norm_forward(_slice(x, sizes), w, b, running_mean=rm,
                                          running_var=rv, layout=layout, comm=COMM)
     dx, dw, db = fastbn.batch_norm_backward(_slice(dy, sizes), cache)
     ref_y, mean, var = ref.forward_train(x, w, b, layout=layout)
     ref_dx, ref_dw, ref_db = ref.backward_train(dy, x, w, layout=layout)
-    m = x.size // 3
+    m = x.size // channels
     check_y(y, _slice(ref_y, sizes), dtype)
     check_y(dx, _slice(ref_dx, sizes), dtype, "dx")
     _check_vector(dw, ref_dw, dtype, "dweight")
@@ -113,11 +118,31 @@ def test_functional_matches_the_float64_reference(layout, dtype):
     _check_vector(rv, 0.9 + 0.1 * var * m / (m - 1), dtype, "running_var")
 
 
+def test_ranks_with_different_memory_orders(channels):
+    """Odd ranks hold NCHW data stored channels last (another kernel family);
+    the result is still that of the whole batch."""
+    sizes = SPLITS["uneven"]
+    x, dy = _global_batch(sizes, 4, "NCHW", np.float64, seed=11, channels=channels)
+    mine, my_dy = _slice(x, sizes), _slice(dy, sizes)
+    if RANK % 2:
+        mine = np.moveaxis(np.ascontiguousarray(np.moveaxis(mine, 1, -1)), -1, 1)
+    w = np.linspace(0.5, 1.5, channels)
+    y, cache = fastbn.batch_norm_forward(mine, w, comm=COMM)
+    dx, dw, db = fastbn.batch_norm_backward(my_dy, cache)
+    ref_y, _, _ = ref.forward_train(x, w)
+    ref_dx, ref_dw, ref_db = ref.backward_train(dy, x, w)
+    check_y(y, _slice(ref_y, sizes), np.float64)
+    check_y(dx, _slice(ref_dx, sizes), np.float64, "dx")
+    _check_vector(dw, ref_dw, np.float64, "dweight")
+    _check_vector(db, ref_db, np.float64, "dbias")
+
+
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
-def test_large_mean_offset_float32(layout):
+def test_large_mean_offset_float32(layout, channels):
     """|mean| = 1e4 x std: the merged statistics stay within the SPEC bounds."""
     sizes = [64 + 16 * r for r in range(SIZE)]
-    x, _ = _global_batch(sizes, 4, layout, np.float32, seed=3, loc=np.array([1e4, -2e4, 5e3]))
+    loc = np.resize([1e4, -2e4, 5e3], channels)
+    x, _ = _global_batch(sizes, 4, layout, np.float32, seed=3, loc=loc, channels=channels)
     y, cache = fastbn.batch_norm_forward(_slice(x, sizes), layout=layout, comm=COMM)
     mean, var = ref.stats(x, layout)
     scale = float(np.max(np.abs(x.astype(np.float64))))
@@ -207,24 +232,39 @@ def test_nonfinite_on_one_rank_skips_the_update_everywhere():
     assert np.isnan(y[:, 1]).all() and np.isfinite(y[:, [0, 2]]).all()
 
 
-@pytest.mark.parametrize("track", [True, False])
-def test_eval_mode_does_not_communicate(monkeypatch, track):
-    from fastbn import _collective
+class CountingComm(MPI.Intracomm):
+    """COMM_WORLD's handle, counting the collective calls made on it."""
 
-    calls = []
-    real = _collective.exchange
-    monkeypatch.setattr(_collective, "exchange", lambda *a: calls.append(1) or real(*a))
-    sync = fastbn.SyncBatchNorm(3, track_running_stats=track, dtype=np.float64)
+    calls = 0
+
+    def _count(self, name):
+        def call(*args, **kwargs):
+            CountingComm.calls += 1
+            return getattr(MPI.Intracomm, name)(self, *args, **kwargs)
+        return call
+
+    def __getattribute__(self, name):
+        if name in ("allgather", "Allgather", "allreduce", "Allreduce", "Barrier", "bcast",
+                    "Bcast", "gather", "Gather", "reduce", "Reduce"):
+            return object.__getattribute__(self, "_count")(name)
+        return super().__getattribute__(name)
+
+
+@pytest.mark.parametrize("track", [True, False])
+def test_eval_mode_does_not_communicate(track):
+    counting = CountingComm(COMM)
+    sync = fastbn.SyncBatchNorm(3, comm=counting, track_running_stats=track, dtype=np.float64)
     local = fastbn.BatchNorm(3, track_running_stats=track, dtype=np.float64)
     x = np.random.default_rng(RANK).standard_normal((4, 3, 2))
     sync.eval(), local.eval()
+    CountingComm.calls = 0
     np.testing.assert_array_equal(sync(x), local(x))
     np.testing.assert_array_equal(sync.backward(x), local.backward(x))
-    assert calls == []
+    assert CountingComm.calls == 0
     sync.train()
     sync(x)
     sync.backward(x)
-    assert len(calls) == 2
+    assert CountingComm.calls == 4  # forward and backward: one allgather and one Allgather each
 
 
 def test_bad_communicator():
