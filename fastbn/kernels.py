@@ -213,6 +213,32 @@ def _grad_coeffs(x, c, mean, invstd, weight, sum_dy, sum_dy_xc, m):
     return center, t(k_dy), t(k_x), t(k_0)
 
 
+@helper
+def _affine_table(x, mean, var, weight, bias, eps):
+    """:func:`_affine_coeffs` of every channel, as three arrays of x's dtype."""
+    nc = mean.size
+    center = np.empty(nc, x.dtype)
+    scale = np.empty(nc, x.dtype)
+    shift = np.empty(nc, x.dtype)
+    for c in range(nc):
+        center[c], scale[c], shift[c] = _affine_coeffs(x, c, mean, var, weight, bias, eps)
+    return center, scale, shift
+
+
+@helper
+def _grad_table(x, mean, invstd, weight, sum_dy, sum_dy_xc, m):
+    """:func:`_grad_coeffs` of every channel, as four arrays of x's dtype."""
+    nc = mean.size
+    center = np.empty(nc, x.dtype)
+    k_dy = np.empty(nc, x.dtype)
+    k_x = np.empty(nc, x.dtype)
+    k_0 = np.empty(nc, x.dtype)
+    for c in range(nc):
+        center[c], k_dy[c], k_x[c], k_0[c] = _grad_coeffs(
+            x, c, mean, invstd, weight, sum_dy, sum_dy_xc, m)
+    return center, k_dy, k_x, k_0
+
+
 @kernel
 def update_running(mean, var, count, momentum, running_mean, running_var):
     """Exponential update of the running statistics (unbiased variance),
@@ -428,11 +454,7 @@ def affine_cf(x, mean, var, weight, bias, eps, y):
     ``(A, C, B)`` views; float64 ``mean``, ``var``, ``weight``, ``bias``
     (empty: ones, zeros)."""
     na, nc, nb = x.shape
-    center = np.empty(nc, x.dtype)
-    scale = np.empty(nc, x.dtype)
-    shift = np.empty(nc, x.dtype)
-    for c in range(nc):
-        center[c], scale[c], shift[c] = _affine_coeffs(x, c, mean, var, weight, bias, eps)
+    center, scale, shift = _affine_table(x, mean, var, weight, bias, eps)
     nq = (nb + CHUNK - 1) // CHUNK
     for t in prange(na * nc * nq):
         row = t // nq
@@ -452,11 +474,7 @@ def affine_cf(x, mean, var, weight, bias, eps, y):
 def affine_cl(x, mean, var, weight, bias, eps, y):
     """As :func:`affine_cf`, over ``(R, C)`` views."""
     nr, nc = x.shape
-    center = np.empty(nc, x.dtype)
-    scale = np.empty(nc, x.dtype)
-    shift = np.empty(nc, x.dtype)
-    for k in range(nc):
-        center[k], scale[k], shift[k] = _affine_coeffs(x, k, mean, var, weight, bias, eps)
+    center, scale, shift = _affine_table(x, mean, var, weight, bias, eps)
     rows = max(1, CHUNK // nc)
     for t in prange((nr + rows - 1) // rows):
         for r in range(t * rows, min(nr, t * rows + rows)):
@@ -471,13 +489,7 @@ def grad_input_cf(dy, x, mean, invstd, weight, sum_dy, sum_dy_xc, count, dx):
     """Training-mode ``dx`` per channel of ``(A, C, B)`` views, from the
     float64 statistics and the sums of :func:`grad_sums_cf`."""
     na, nc, nb = x.shape
-    center = np.empty(nc, x.dtype)
-    k_dy = np.empty(nc, x.dtype)
-    k_x = np.empty(nc, x.dtype)
-    k_0 = np.empty(nc, x.dtype)
-    for c in range(nc):
-        center[c], k_dy[c], k_x[c], k_0[c] = _grad_coeffs(
-            x, c, mean, invstd, weight, sum_dy, sum_dy_xc, count)
+    center, k_dy, k_x, k_0 = _grad_table(x, mean, invstd, weight, sum_dy, sum_dy_xc, count)
     nq = (nb + CHUNK - 1) // CHUNK
     for t in prange(na * nc * nq):
         row = t // nq
@@ -499,13 +511,7 @@ def grad_input_cf(dy, x, mean, invstd, weight, sum_dy, sum_dy_xc, count, dx):
 def grad_input_cl(dy, x, mean, invstd, weight, sum_dy, sum_dy_xc, count, dx):
     """As :func:`grad_input_cf`, over ``(R, C)`` views."""
     nr, nc = x.shape
-    center = np.empty(nc, x.dtype)
-    k_dy = np.empty(nc, x.dtype)
-    k_x = np.empty(nc, x.dtype)
-    k_0 = np.empty(nc, x.dtype)
-    for k in range(nc):
-        center[k], k_dy[k], k_x[k], k_0[k] = _grad_coeffs(
-            x, k, mean, invstd, weight, sum_dy, sum_dy_xc, count)
+    center, k_dy, k_x, k_0 = _grad_table(x, mean, invstd, weight, sum_dy, sum_dy_xc, count)
     rows = max(1, CHUNK // nc)
     for t in prange((nr + rows - 1) // rows):
         for r in range(t * rows, min(nr, t * rows + rows)):
