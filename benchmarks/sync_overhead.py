@@ -42,7 +42,7 @@ def measure(comm, shape, layout, dtype, repeat: int) -> dict[str, float]:
               "self": fastbn.SyncBatchNorm(c, comm=MPI.COMM_SELF, layout=layout, dtype=dtype),
               "sync": fastbn.SyncBatchNorm(c, comm=comm, layout=layout, dtype=dtype)}
     times = {k: [] for k in layers}
-    for name, bn in layers.items():  # compile and touch the pages first
+    for bn in layers.values():  # compile and touch the pages first
         _step(bn, x, dy)
     for _ in range(repeat):
         for name, bn in layers.items():

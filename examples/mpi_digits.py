@@ -76,6 +76,11 @@ def train(comm: MPI.Comm, *, epochs: int = 5, lr: float = 5.0, batch_size: int =
     return model, history
 
 
+def _state(layer) -> dict:
+    """Parameters, and running statistics for BN layers."""
+    return layer.state_dict() if isinstance(layer, fastbn.BatchNorm) else layer.parameters()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=5)
@@ -93,10 +98,7 @@ def main() -> None:
         single, _ = train(MPI.COMM_SELF, epochs=args.epochs, lr=args.lr)
         worst = max(float(np.max(np.abs(p - q)))
                     for a, b in zip(model.layers, single.layers)
-                    for p, q in zip(a.state_dict().values() if isinstance(a, fastbn.BatchNorm)
-                                    else a.parameters().values(),
-                                    b.state_dict().values() if isinstance(b, fastbn.BatchNorm)
-                                    else b.parameters().values()))
+                    for p, q in zip(_state(a).values(), _state(b).values()))
         worst = comm.allreduce(worst, op=MPI.MAX)
         if comm.Get_rank() == 0:
             print(f"largest difference to one process: {worst:.3g}")

@@ -46,20 +46,20 @@ def _gather(comm, part: np.ndarray) -> np.ndarray:
     return everyone
 
 
-def forward(sync: Sync, x: np.ndarray, plan: Plan | None, channels: int,
+def forward(sync: Sync, plan: Plan | None, xv, channels: int,
             weight, bias, eps, yv) -> tuple[np.ndarray, np.ndarray]:
-    """Write this rank's output ``yv`` (a kernel view), normalized with the
-    statistics of all ranks; returns them as float64 ``(mean, var)``."""
+    """Write this rank's output ``yv`` from its input ``xv`` (kernel views),
+    normalized with the statistics of all ranks; returns them as float64
+    ``(mean, var)``."""
     part = np.zeros((2, channels))
     if sync.count:
-        xv = plan.view(x)
-        KERNELS["stats"][plan.kind](x.size, xv, part[0], part[1])
+        KERNELS["stats"][plan.kind](xv.size, xv, part[0], part[1])
         part[1] *= sync.count
     everyone = _gather(sync.comm, part)
     _, mean, var = _collective.merge_moments(
         [(n, p[0], p[1]) for n, p in zip(sync.counts, everyone)], channels)
     if sync.count:
-        KERNELS["affine"][plan.kind](x.size, xv, mean, var, weight, bias, eps, yv)
+        KERNELS["affine"][plan.kind](xv.size, xv, mean, var, weight, bias, eps, yv)
     return mean, var
 
 

@@ -231,12 +231,13 @@ def _forward(a: _Forward, training: bool, sync=None) -> tuple[np.ndarray, BatchN
     x, c = a.x, a.channels
     plan = Plan(x, a.axis) if x.size else None
     if plan is None:
-        y, yv, scratch = (np.empty_like(x) if a.out is None else a.out), None, None
+        xv, yv, scratch = None, None, None
+        y = np.empty_like(x) if a.out is None else a.out
     else:
         xv = plan.view(x)
         yv, y, scratch = plan.output(a.out, x.dtype)
     if sync is not None:
-        mean, var = _synced.forward(sync, x, plan, c, a.weight, a.bias, a.eps, yv)
+        mean, var = _synced.forward(sync, plan, xv, c, a.weight, a.bias, a.eps, yv)
     elif training:
         mean = np.empty(c)
         var = np.empty(c)

@@ -143,6 +143,14 @@ def test_state_dict_keys_match_torch(affine, track):
     assert set(bn.state_dict()) == set(tbn.state_dict())
 
 
+def _same_output(bn, tbn, x, atol):
+    """fastbn's and PyTorch's layers give the same output for float32 ``x``."""
+    x = x.astype(np.float32)
+    with torch.no_grad():
+        yt = tbn(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(bn(x), yt, rtol=1e-5, atol=atol)
+
+
 def test_state_dict_torch_to_fastbn(rng):
     tbn = torch.nn.BatchNorm2d(3)
     with torch.no_grad():
@@ -155,19 +163,9 @@ def test_state_dict_torch_to_fastbn(rng):
     assert bn.num_batches_tracked == 3
     np.testing.assert_array_equal(bn.running_mean, tbn.running_mean.numpy())
     np.testing.assert_array_equal(bn.weight, tbn.weight.detach().numpy())
-    tbn.eval()
-    bn.eval()
-    x = rng.standard_normal((2, 3, 4, 4)).astype(np.float32)
-    with torch.no_grad():
-        yt = tbn(torch.from_numpy(x)).numpy()
-    np.testing.assert_allclose(bn(x), yt, rtol=1e-5, atol=1e-6)
+    _same_output(bn.eval(), tbn.eval(), rng.standard_normal((2, 3, 4, 4)), atol=1e-6)
     # and training continues identically
-    bn.train()
-    tbn.train()
-    x = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
-    with torch.no_grad():
-        yt = tbn(torch.from_numpy(x)).numpy()
-    np.testing.assert_allclose(bn(x), yt, rtol=1e-5, atol=1e-5)
+    _same_output(bn.train(), tbn.train(), rng.standard_normal((4, 3, 3, 3)), atol=1e-5)
     np.testing.assert_allclose(bn.running_var, tbn.running_var.numpy(), rtol=1e-5)
     assert bn.num_batches_tracked == int(tbn.num_batches_tracked) == 4
 
@@ -184,12 +182,7 @@ def test_state_dict_fastbn_to_torch(rng):
     assert int(tbn.num_batches_tracked) == 2
     assert tbn.num_batches_tracked.dtype == torch.int64
     np.testing.assert_array_equal(tbn.running_var.numpy(), bn.running_var)
-    tbn.eval()
-    bn.eval()
-    x = rng.standard_normal((2, 3, 4, 4)).astype(np.float32)
-    with torch.no_grad():
-        yt = tbn(torch.from_numpy(x)).numpy()
-    np.testing.assert_allclose(bn(x), yt, rtol=1e-5, atol=1e-6)
+    _same_output(bn.eval(), tbn.eval(), rng.standard_normal((2, 3, 4, 4)), atol=1e-6)
 
 
 def test_no_running_stats_eval_matches_torch(rng):
