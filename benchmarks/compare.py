@@ -2,12 +2,12 @@
 
     python benchmarks/compare.py [--quick] [--json F] [--markdown F] [--plot F.png]
 
-Same as ``python -m fastbn bench``; see ``fastbn.benchmark``.
+Same as ``python -m fastbn bench``; see ``fastbn.benchmark`` and ``fastbn.benchmark_report``.
 """
 
 import sys
 
-from fastbn.benchmark import main
+from fastbn.benchmark_report import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -20,6 +20,8 @@ def _describe(obj) -> str:
 
 def tensor(x, name: str = "x") -> np.ndarray:
     """``x`` as an ndarray of dtype float32 or float64."""
+    if type(x) is np.ndarray and x.dtype in FLOAT_DTYPES:
+        return x
     try:
         arr = np.asarray(x)
     except Exception as exc:
@@ -40,7 +42,8 @@ def layout(value) -> str:
 def channels(x: np.ndarray, layout_: str, *, allow_empty: bool = False) -> tuple[int, int]:
     """Channel axis and channel count of ``x``; checks rank and (unless
     ``allow_empty``) emptiness."""
-    layout(layout_)
+    if not (type(layout_) is str and layout_ in LAYOUTS):
+        layout(layout_)
     if not 2 <= x.ndim <= 5:
         raise ValueError(
             f"expected an input of rank 2 to 5, got rank {x.ndim} (shape {x.shape})"
@@ -62,7 +65,7 @@ def values_per_channel(x: np.ndarray, num_channels: int, training: bool) -> int:
 
 
 def _is_real(value) -> bool:
-    return type(value) is float or (
+    return type(value) is float or type(value) is int or (
         not isinstance(value, bool) and isinstance(value, numbers.Real)
     )
 
@@ -93,6 +96,9 @@ def channel_vector(value, name: str, num_channels: int, *, in_place: bool = Fals
     """
     if value is None:
         return None
+    if (type(value) is np.ndarray and value.shape == (num_channels,) and value.dtype.kind == "f"
+            and (value.flags.writeable or not in_place)):
+        return value
     if in_place and not isinstance(value, np.ndarray):
         raise TypeError(
             f"{name} must be a NumPy array (it is updated in place), got {_describe(value)}"

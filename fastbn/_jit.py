@@ -23,7 +23,8 @@ import numba
 #: ``nnan``/``ninf`` so that NaN and Inf still propagate.
 FASTMATH = frozenset({"nsz", "arcp", "contract", "afn", "reassoc"})
 
-#: Inputs with fewer elements than this run the serial twin.
+#: Inputs with fewer elements than this run the serial twin (set from the
+#: choices in force, :mod:`fastbn._choices`).
 PARALLEL_MIN_SIZE = 1 << 15
 
 _serial_only = False

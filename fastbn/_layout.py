@@ -50,6 +50,10 @@ class Plan:
     def __init__(self, x: np.ndarray, axis: int):
         self.axis = axis
         self.shape = x.shape
+        if x.flags.c_contiguous:  # the common case, decided without views
+            last = axis == x.ndim - 1 or x.size == x.shape[0] * x.shape[axis]
+            self.kind = "cl" if last else "cf"
+            return
         v = _logical(x, axis)
         self.kind = "cf"
         if v.shape[2] == 1:
@@ -59,6 +63,9 @@ class Plan:
 
     def view(self, a: np.ndarray) -> np.ndarray:
         """The kernel view of ``a`` (a copy if its strides do not allow one)."""
+        if a.flags.c_contiguous and (self.kind == "cf") == (self.axis < a.ndim - 1):
+            c = a.shape[self.axis]
+            return a.reshape(a.shape[0], c, -1) if self.kind == "cf" else a.reshape(-1, c)
         v = _logical(a, self.axis)
         return _rows(v) if self.kind == "cl" else v
 

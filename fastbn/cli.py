@@ -67,8 +67,14 @@ def info(args: argparse.Namespace) -> int:
     return 0
 
 
+def tune(args: argparse.Namespace) -> int:
+    from fastbn._tune import main as tune_main
+
+    return tune_main(args.repeat)
+
+
 def bench(args: argparse.Namespace) -> int:
-    from fastbn.benchmark import main_from_args
+    from fastbn.benchmark_report import main_from_args
 
     return main_from_args(args)
 
@@ -96,7 +102,7 @@ def demo(args: argparse.Namespace) -> int:
 
 def _add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     from fastbn import demo as d
-    from fastbn.benchmark import _positive_int, int_at_least
+    from fastbn.benchmark_report import _positive_int, int_at_least
 
     parser.add_argument("--epochs", type=_positive_int, default=d.EPOCHS,
                         help=f"passes over the training set (default {d.EPOCHS})")
@@ -108,14 +114,29 @@ def _add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def _positive_int_arg(text: str) -> int:
+    from fastbn.benchmark_report import _positive_int
+
+    return _positive_int(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from fastbn.benchmark import add_arguments
+    from fastbn.benchmark_report import add_arguments
 
     parser = argparse.ArgumentParser(prog="fastbn", description="fastbn: Batch Normalization on the CPU.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     p = sub.add_parser("info", help="versions, threads and compile cache")
     p.set_defaults(func=info)
+    p = sub.add_parser("tune", help="measure this machine's kernel crossover points and keep them",
+                       description="Time the candidate kernels of each choice (serial or parallel, "
+                                   "channel-per-task or two-pass) on synthetic inputs, in "
+                                   "interleaved rounds, and keep the winners beside the compile "
+                                   "cache, where every later process finds them. Results are the "
+                                   "same whichever kernel runs; only speed changes.")
+    p.add_argument("--repeat", type=_positive_int_arg, default=15,
+                   help="interleaved rounds per comparison (default 15)")
+    p.set_defaults(func=tune)
     p = sub.add_parser("bench", help="compare fastbn with PyTorch, NumPy and a parallel copy")
     add_arguments(p)
     p.set_defaults(func=bench)

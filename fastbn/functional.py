@@ -7,10 +7,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import _checks, _collective, _synced
+from . import _checks, _choices, _collective, _synced
 from ._layout import Plan
-from .kernels import (FUSED_MAX_BYTES, FUSED_MAX_TOTAL, FUSED_MIN_CHANNELS, KERNELS,
-                      backward_cf, forward_cf, update_running)
+from .kernels import KERNELS, update_running
 
 __all__ = ["batch_stats", "batch_norm_forward", "batch_norm_backward", "BatchNormCache"]
 
@@ -50,20 +49,20 @@ class BatchNormCache:
         return f"BatchNormCache({mode}, x shape {self.x.shape}, dtype {self.x.dtype})"
 
 
-def _run(op: str, plan: Plan, size: int, *args) -> None:
-    KERNELS[op][plan.kind](size, *args)
+def _run(op: str, plan: Plan, size: int, *args):
+    return KERNELS[op][plan.kind](size, *args)
 
 
-def _fits_fused(plan: Plan, x: np.ndarray, arrays: int) -> bool:
-    """Whether the channel-per-task training kernels apply: channels-first
-    memory, enough channels to share out, ``arrays`` arrays' worth of one
-    channel small enough to stay in cache between the two passes, and an
-    input small enough (see ``kernels.FUSED_MAX_TOTAL``). The choice depends
-    on the shape alone, never on the thread count."""
+def _fused(plan: Plan, x: np.ndarray, arrays: int) -> bool:
+    """Whether a training pass over ``arrays`` arrays of x's shape takes the
+    channel-per-task kernels (the choices in force decide; see
+    :mod:`fastbn._choices`). Depends on the shape and the machine, never on
+    the thread count."""
+    if plan.kind != "cf":
+        return False
     c = x.shape[plan.axis]
-    return (plan.kind == "cf" and c >= FUSED_MIN_CHANNELS
-            and arrays * (x.size // c) * x.itemsize <= FUSED_MAX_BYTES
-            and x.nbytes <= FUSED_MAX_TOTAL)
+    run = x.itemsize * (x.size // (x.shape[0] * c))
+    return _choices.CHOICES.fused(arrays * (x.size // c) * x.itemsize, run, x.nbytes, c)
 
 
 def _moments(x: np.ndarray, plan: Plan) -> tuple[np.ndarray, np.ndarray]:
@@ -74,12 +73,15 @@ def _moments(x: np.ndarray, plan: Plan) -> tuple[np.ndarray, np.ndarray]:
     return mean, var
 
 
-#: Stands for an absent weight or bias in kernel calls.
-_NONE = np.empty(0)
+#: Empty vectors stand for an absent weight or bias in kernel calls.
+_NONE = {np.dtype(np.float32): np.empty(0, np.float32), np.dtype(np.float64): np.empty(0)}
 
 
-def _f64(v) -> np.ndarray:
-    return _NONE if v is None else v.astype(np.float64)
+def _param(v: np.ndarray | None, dtype: np.dtype) -> np.ndarray:
+    """weight or bias as the kernels take it: in x's ``dtype`` (a view when
+    it already is), so that each kernel compiles once per input dtype; the
+    per-channel coefficients are then computed in float64."""
+    return _NONE[dtype] if v is None else v.astype(dtype, copy=False)
 
 
 def batch_stats(x, *, layout: str = "NCHW") -> tuple[np.ndarray, np.ndarray]:
@@ -144,7 +146,38 @@ def _forward_args(x, weight, bias, training, running_mean, running_var, momentum
             f"running_var={'None' if rvar is None else 'an array'}"
         )
     out = _checks.out_array(out, x)
-    return _Forward(x, axis, c, m, eps, momentum, _f64(weight), _f64(bias), rmean, rvar, out)
+    return _Forward(x, axis, c, m, eps, momentum, weight, bias, rmean, rvar, out)
+
+
+def _vector_ok(v, c: int, in_place: bool) -> bool:
+    return v is None or (type(v) is np.ndarray and v.shape == (c,) and v.dtype.kind == "f"
+                         and (v.flags.writeable or not in_place))
+
+
+def _common_args(x, weight, bias, training, running_mean, running_var, momentum, eps, layout,
+                 out) -> _Forward | None:
+    """:func:`_forward_args` for the common case, in a few cheap tests: a
+    float32/float64 ndarray, (C,) float vectors, float or int eps and
+    momentum, no ``out``; None whenever anything is otherwise (then the full
+    checks run, and raise if they must). Small calls cost mostly this."""
+    if not (type(x) is np.ndarray and x.dtype in _checks.FLOAT_DTYPES and out is None
+            and 2 <= x.ndim <= 5 and x.size and (layout == "NCHW" or layout == "NHWC")
+            and type(eps) in (float, int) and eps > 0
+            and type(momentum) in (float, int) and 0 <= momentum <= 1):
+        return None
+    axis = 1 if layout == "NCHW" else x.ndim - 1
+    c = x.shape[axis]
+    m = x.size // c
+    if training and m < 2:
+        return None
+    stats_given = running_mean is not None
+    if stats_given != (running_var is not None) or not (training or stats_given):
+        return None
+    if not (_vector_ok(weight, c, False) and _vector_ok(bias, c, False)
+            and _vector_ok(running_mean, c, training) and _vector_ok(running_var, c, training)):
+        return None
+    return _Forward(x, axis, c, m, float(eps), float(momentum), weight, bias, running_mean,
+                    running_var, None)
 
 
 def batch_norm_forward(
@@ -204,8 +237,11 @@ def batch_norm_forward(
         are then left unchanged.
     """
     if not (training and comm is not None):
-        a = _forward_args(x, weight, bias, training, running_mean, running_var, momentum, eps,
-                          layout, out, False)
+        a = _common_args(x, weight, bias, training, running_mean, running_var, momentum, eps,
+                         layout, out)
+        if a is None:
+            a = _forward_args(x, weight, bias, training, running_mean, running_var, momentum,
+                              eps, layout, out, False)
         return _forward(a, bool(training))
     comm = _collective.communicator(comm)
     a, error = None, None
@@ -236,19 +272,19 @@ def _forward(a: _Forward, training: bool, sync=None) -> tuple[np.ndarray, BatchN
     else:
         xv = plan.view(x)
         yv, y, scratch = plan.output(a.out, x.dtype)
+    weight, bias = _param(a.weight, x.dtype), _param(a.bias, x.dtype)
     if sync is not None:
-        mean, var = _synced.forward(sync, plan, xv, c, a.weight, a.bias, a.eps, yv)
+        mean, var = _synced.forward(sync, plan, xv, c, weight, bias, a.eps, yv)
     elif training:
-        mean = np.empty(c)
-        var = np.empty(c)
-        if _fits_fused(plan, x, 1):
-            forward_cf(x.size, xv, a.weight, a.bias, a.eps, mean, var, yv)
+        mean, var = np.empty(c), np.empty(c)
+        if _fused(plan, x, 1):
+            _run("fused_forward", plan, x.size, xv, weight, bias, a.eps, mean, var, yv)
         else:
             _run("stats", plan, x.size, xv, mean, var)
-            _run("affine", plan, x.size, xv, mean, var, a.weight, a.bias, a.eps, yv)
+            _run("affine", plan, x.size, xv, mean, var, weight, bias, a.eps, yv)
     else:
         mean, var = a.running_mean.astype(np.float64), a.running_var.astype(np.float64)
-        _run("affine", plan, x.size, xv, mean, var, a.weight, a.bias, a.eps, yv)
+        _run("affine", plan, x.size, xv, mean, var, weight, bias, a.eps, yv)
     if scratch is not None:
         y[...] = scratch
 
@@ -269,7 +305,7 @@ def _forward(a: _Forward, training: bool, sync=None) -> tuple[np.ndarray, BatchN
                 RuntimeWarning,
                 stacklevel=3,
             )
-    return y, BatchNormCache(x, plan, training, mean, var, a.eps, a.weight, a.count, finite, sync)
+    return y, BatchNormCache(x, plan, training, mean, var, a.eps, weight, a.count, finite, sync)
 
 
 def batch_norm_backward(dy, cache: BatchNormCache, *, comm=None
@@ -327,15 +363,15 @@ def batch_norm_backward(dy, cache: BatchNormCache, *, comm=None
     sum_dy, sum_dy_xc = np.empty(c), np.empty(c)
     dxv, dx, _ = plan.output(None, dtype)
     dyv, xv = plan.view(dy), plan.view(x)
-    if cache.training and _fits_fused(plan, x, 2):
-        backward_cf(2 * x.size, dyv, xv, cache.mean, invstd, cache.weight,
-                    float(cache.count), sum_dy, sum_dy_xc, dxv)
+    if cache.training and _fused(plan, x, 2):
+        _run("fused_backward", plan, 2 * x.size, dyv, xv, cache.mean, invstd, cache.weight,
+             float(cache.count), sum_dy, sum_dy_xc, dxv)
     elif cache.training:
         _run("grad_sums", plan, 2 * x.size, dyv, xv, cache.mean, sum_dy, sum_dy_xc)
         _run("grad_input", plan, 2 * x.size, dyv, xv, cache.mean, invstd, cache.weight,
              sum_dy, sum_dy_xc, float(cache.count), dxv)
     else:
         _run("grad_sums", plan, 2 * x.size, dyv, xv, cache.mean, sum_dy, sum_dy_xc)
-        _run("affine", plan, x.size, dyv, np.zeros(c), cache.var, cache.weight, _NONE,
-             cache.eps, dxv)
+        _run("affine", plan, x.size, dyv, np.zeros(c), cache.var, cache.weight,
+             _NONE[dtype], cache.eps, dxv)
     return dx, (sum_dy_xc * invstd).astype(dtype), sum_dy.astype(dtype)

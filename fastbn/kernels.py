@@ -46,17 +46,6 @@ ROWS = 256
 #: Values per ``_cl`` block: large, so that the per-channel float64 merge
 #: after each block costs little next to the block's streaming sums.
 CL_BLOCK = 1 << 16
-#: The channel-per-task training kernels (:func:`forward_cf`,
-#: :func:`backward_cf`) need this many channels to share out, a channel's
-#: data no larger than ``FUSED_MAX_BYTES`` to stay in cache between their
-#: passes, and the whole input no larger than ``FUSED_MAX_TOTAL``: larger
-#: outputs are fresh pages the OS zeroes on first touch (glibc maps
-#: allocations above 32 MiB anew each time), and channel-per-task writes
-#: fault them all over the array at once, which costs more than the second
-#: read of x saves (measured: 19 ms against 12 ms for 50 MB of float64).
-FUSED_MIN_CHANNELS = 16
-FUSED_MAX_BYTES = 1 << 20
-FUSED_MAX_TOTAL = 32 << 20
 #: Values (``_cf``) or rows (``_cl``) a task averages for its first shift.
 PILOT = 64
 PILOT_ROWS = 16
@@ -566,12 +555,12 @@ KERNELS = {
     "grad_sums": {"cf": grad_sums_cf, "cl": grad_sums_cl},
     "affine": {"cf": affine_cf, "cl": affine_cl},
     "grad_input": {"cf": grad_input_cf, "cl": grad_input_cl},
+    "fused_forward": {"cf": forward_cf},
+    "fused_backward": {"cf": backward_cf},
+    "update_running": {"any": update_running},
 }
-
 
 
 def dispatchers() -> list:
     """Every Numba dispatcher of the package (for cache and compile checks)."""
-    kernels = [k for pair in KERNELS.values() for k in pair.values()]
-    kernels += [update_running, forward_cf, backward_cf]
-    return [d for k in kernels for d in k.dispatchers()]
+    return [d for group in KERNELS.values() for k in group.values() for d in k.dispatchers()]

@@ -1,0 +1,120 @@
+"""Which kernel runs, decided from the machine's facts or a calibration.
+
+Every choice picks among kernels that give bit-identical results (task
+boundaries depend on the shape alone), so choices change speed only.
+
+* ``parallel_min_size``: inputs with fewer elements run the serial twin.
+* ``fused_max_channel_bytes``: the channel-per-task training kernels (one
+  read of x from memory; :func:`fastbn.kernels.forward_cf`) serve a
+  channels-first input when the data of the channels in flight (one per
+  thread, x and dy for backward) fits in the per-core L2 cache; else each
+  channel's second pass would come from memory and the two-pass kernels,
+  which stream contiguous memory, win.
+* ``fused_min_run_bytes``: ... and when each channel's runs of contiguous
+  values (H*W of them) are long enough to stream: a channel-per-task pass
+  jumps C*H*W values after every run, and short runs leave the hardware
+  prefetchers idle (measured: 64x256x14x14 float32, 784-byte runs, fused
+  1.98 ms against 1.14 ms two-pass on an AMD EPYC).
+* ``fused_max_total``: ... and when the whole input is at most this large:
+  larger fresh outputs are pages the OS zeroes on first touch (glibc maps
+  blocks above 32 MiB anew each time), and channel-per-task writes fault
+  them all over the array at once.
+
+``python -m fastbn tune`` measures the crossover points on this machine and
+keeps them in ``tuning.json`` beside the compile cache; without it the
+defaults below, derived from the cache sizes, apply.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, replace
+
+from ._machine import Machine, detect
+
+#: glibc's largest mmap threshold: fresh blocks above it come from mmap.
+MMAP_MAX = 32 << 20
+#: A page: hardware prefetchers stop at page boundaries.
+PAGE = 4096
+
+
+@dataclass(frozen=True)
+class Choices:
+    parallel_min_size: int
+    fused_max_channel_bytes: int
+    fused_min_run_bytes: int
+    fused_max_total: int
+    source: str
+
+    def fused(self, channel_bytes: int, run_bytes: int, total_bytes: int, channels: int) -> bool:
+        """Whether the channel-per-task training kernels serve an input
+        whose channels hold ``channel_bytes`` (x, plus dy in backward) in
+        runs of ``run_bytes``, ``total_bytes`` in all."""
+        return (channels >= 16 and channel_bytes <= self.fused_max_channel_bytes
+                and run_bytes >= self.fused_min_run_bytes
+                and total_bytes <= self.fused_max_total)
+
+
+def derive(machine: Machine) -> Choices:
+    """The default choices for ``machine`` (no calibration)."""
+    return Choices(
+        parallel_min_size=1 << 15,
+        # Half the L2: the other half holds the outputs being written.
+        fused_max_channel_bytes=machine.l2 // 2,
+        fused_min_run_bytes=PAGE,
+        fused_max_total=MMAP_MAX,
+        source=f"defaults from the machine's facts (L2 {machine.l2 >> 10} KiB per core)",
+    )
+
+
+def tuning_path() -> str | None:
+    """Where ``python -m fastbn tune`` keeps its result: beside the kernels'
+    compile cache (None if there is no cache)."""
+    from .kernels import stats_cf
+
+    cache = getattr(stats_cf.parallel, "_cache", None)
+    path = getattr(cache, "_cache_path", None)
+    return None if path is None else os.path.join(path, "tuning.json")
+
+
+def load(machine: Machine, path: str | None) -> Choices:
+    """The calibrated choices kept at ``path`` if they were made on this
+    CPU model, else :func:`derive`'s."""
+    base = derive(machine)
+    if path is None:
+        return base
+    try:
+        with open(path) as fh:
+            saved = json.load(fh)
+        if saved.get("cpu") != machine.cpu:
+            return base
+        fields = {k: int(saved[k]) for k in ("parallel_min_size", "fused_max_channel_bytes",
+                                             "fused_min_run_bytes", "fused_max_total")}
+    except (OSError, ValueError, KeyError, TypeError):
+        return base
+    return replace(base, **fields, source=f"calibrated by python -m fastbn tune ({path})")
+
+
+def save(choices: Choices, machine: Machine, path: str) -> None:
+    data = {**asdict(choices), "cpu": machine.cpu}
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as fh:
+        json.dump(data, fh, indent=1)
+    os.replace(tmp, path)
+
+
+MACHINE = detect()
+#: The choices in force (``python -m fastbn info`` prints them).
+CHOICES = derive(MACHINE)
+
+
+def activate() -> Choices:
+    """Load the calibrated choices, if any (called on first use, once the
+    compile cache's place is known)."""
+    global CHOICES
+    from . import _jit
+
+    CHOICES = load(MACHINE, tuning_path())
+    _jit.PARALLEL_MIN_SIZE = CHOICES.parallel_min_size
+    return CHOICES

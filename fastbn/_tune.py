@@ -1,0 +1,109 @@
+"""``python -m fastbn tune``: measure this machine's crossover points.
+
+Each choice of :mod:`fastbn._choices` is settled by timing both candidate
+kernels in interleaved rounds (median of per-round ratios, as in
+:mod:`fastbn.benchmark`) on a few synthetic shapes; results are the same
+whichever wins, so a calibration can only change speed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Callable
+
+import numba
+import numpy as np
+
+from . import _choices
+from .benchmark import ratio, rounds
+from .kernels import KERNELS
+
+#: A candidate must win by this factor to move a threshold away from the
+#: default (noise on a shared machine is a few percent).
+MARGIN = 0.95
+
+
+def _train_forward(fused: bool, x: np.ndarray, twin: str) -> Callable[[], object]:
+    """Training forward of the float64-free path: channel per task, or the
+    statistics then the normalization."""
+    c = x.shape[1]
+    mean, var, y = np.empty(c), np.empty(c), np.empty_like(x)
+    w, b = np.ones(c, x.dtype), np.zeros(c, x.dtype)
+    if fused:
+        forward = getattr(KERNELS["fused_forward"]["cf"], twin)
+        return lambda: forward(x, w, b, 1e-5, mean, var, y)
+    stats = getattr(KERNELS["stats"]["cf"], twin)
+    affine = getattr(KERNELS["affine"]["cf"], twin)
+    return lambda: (stats(x, mean, var), affine(x, mean, var, w, b, 1e-5, y))
+
+
+def _fused_wins(n: int, c: int, s: int, repeat: int) -> float:
+    """Fused over two-pass time, training forward, float32 (n, c, s)."""
+    x = np.random.default_rng(0).standard_normal((n, c, s), dtype=np.float32)
+    twin = "parallel" if numba.get_num_threads() > 1 else "serial"
+    t = rounds({"fused": _train_forward(True, x, twin),
+                "two": _train_forward(False, x, twin)}, repeat)
+    return ratio(t, "fused", "two")
+
+
+def _parallel_wins(size: int, repeat: int) -> float:
+    """Parallel over serial time of the eval kernel on ``size`` float32 values."""
+    x = np.random.default_rng(0).standard_normal((size // 64, 64), dtype=np.float32)
+    mean, var, y = np.zeros(64), np.ones(64), np.empty_like(x)
+    w = b = np.empty(0, np.float32)
+    affine = KERNELS["affine"]["cl"]
+    t = rounds({"parallel": lambda: affine.parallel(x, mean, var, w, b, 1e-5, y),
+                "serial": lambda: affine.serial(x, mean, var, w, b, 1e-5, y)}, repeat)
+    return ratio(t, "parallel", "serial")
+
+
+def calibrate(repeat: int = 15, log: Callable[[str], None] = print) -> _choices.Choices:
+    """Measure the choices of this machine (a few seconds)."""
+    base = _choices.derive(_choices.MACHINE)
+    threads = numba.get_num_threads()
+    parallel_min = base.parallel_min_size
+    if threads > 1:
+        parallel_min = 1 << 22
+        for size in (1 << k for k in range(12, 22)):
+            r = _parallel_wins(size, repeat)
+            log(f"parallel / serial, {size} values: {r:.2f}")
+            if r < MARGIN:
+                parallel_min = size
+                break
+    # Fused vs two-pass: channel size at long runs (64x64 values), then run
+    # length at a small channel (~64 KiB); C = 2 channels per thread, 16 at least.
+    c = max(16, 2 * threads)
+    best_bytes = 0
+    for kib in (32, 64, 128, 256, 512, 1024, 2048, 4096):
+        n = max(1, kib * 1024 // (4 * 4096))
+        r = _fused_wins(n, c, 4096, repeat)
+        log(f"fused / two-pass, {kib} KiB channels, 16 KiB runs: {r:.2f}")
+        if r < MARGIN:
+            best_bytes = kib * 1024
+        elif best_bytes:
+            break
+    min_run = base.fused_min_run_bytes
+    if best_bytes:
+        min_run = 1 << 30
+        for s in (49, 196, 784, 1024, 3136):
+            n = max(2, 64 * 1024 // (4 * s))
+            r = _fused_wins(n, c, s, repeat)
+            log(f"fused / two-pass, {4 * s} B runs, {n * s * 4 >> 10} KiB channels: {r:.2f}")
+            if r < MARGIN:
+                min_run = 4 * s
+                break
+    return replace(base, parallel_min_size=parallel_min, fused_max_channel_bytes=best_bytes,
+                   fused_min_run_bytes=min_run,
+                   source=f"calibrated at {threads} threads")
+
+
+def main(repeat: int = 15) -> int:
+    choices = calibrate(repeat)
+    path = _choices.tuning_path()
+    if path is None:
+        print("no compile cache directory: the calibration cannot be kept")
+        return 1
+    _choices.save(choices, _choices.MACHINE, path)
+    print(f"wrote {path}")
+    _choices.activate()
+    return 0

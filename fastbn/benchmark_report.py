@@ -1,0 +1,194 @@
+"""Reports of :mod:`fastbn.benchmark`: Markdown tables, the summary against
+the targets, a bar chart, and the command line of ``benchmarks/compare.py``
+and ``python -m fastbn bench``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from typing import Sequence
+
+import numba
+import numpy as np
+
+import fastbn
+
+from ._machine import cpu_model
+from .benchmark import DTYPES, LARGE, LAYOUTS, OPS, SHAPES, SMALL, BusyRow, Row, run, run_busy
+
+
+def _fmt(v: float | None, spec: str) -> str:
+    return "–" if v is None else format(v, spec)
+
+
+def markdown(rows: Sequence[Row]) -> str:
+    """The rows as a Markdown table (ratios: medians of per-round ratios)."""
+    head = ("| shape | layout | dtype | op | copy ms | fastbn ms | fastbn copies "
+            "| / floor | torch ms | torch / fastbn | numpy ms | numpy / fastbn |\n"
+            "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+    lines = [
+        f"| {r.shape} | {r.layout} | {r.dtype} | {r.op} | {r.copy_ms:.3f} | {r.fastbn_ms:.3f} "
+        f"| {r.fastbn_copies:.2f} | {r.fastbn_over_floor:.2f} | {_fmt(r.torch_ms, '.3f')} "
+        f"| {_fmt(r.torch_over_fastbn, '.2f')} | {_fmt(r.numpy_ms, '.2f')} "
+        f"| {_fmt(r.numpy_over_fastbn, '.1f')} |"
+        for r in rows
+    ]
+    return head + "\n".join(lines) + "\n"
+
+
+def busy_markdown(rows: Sequence[BusyRow]) -> str:
+    """The busy-core rows as a Markdown table."""
+    if not rows:
+        return ""
+    n = rows[0].threads
+    head = (f"| shape | layout | dtype | op | {n} threads ms | 1 thread ms | {n} / 1 |\n"
+            "|---|---|---|---|---:|---:|---:|\n")
+    lines = [f"| {r.shape} | {r.layout} | {r.dtype} | {r.op} | {r.all_ms:.3f} | {r.one_ms:.3f} "
+             f"| {r.all_over_one:.2f} |" for r in rows]
+    return head + "\n".join(lines) + "\n"
+
+
+def _gmean(values: Sequence[float]) -> float:
+    return math.exp(sum(math.log(v) for v in values) / len(values))
+
+
+def summary(rows: Sequence[Row]) -> str:
+    """Per shape group, dtype and op: PyTorch's time over fastbn's (geometric
+    mean and worst of the per-round medians) and, for the large shapes,
+    fastbn's time over the traffic floor (geometric mean and worst)."""
+    out = []
+    for group, names in (("large", LARGE), ("small", SMALL)):
+        for dtype in dict.fromkeys(r.dtype for r in rows):
+            for op in OPS:
+                sel = [r for r in rows if r.op == op and r.dtype == dtype and r.shape in names]
+                if not sel:
+                    continue
+                line = f"{group} {dtype} {op}:"
+                vs = [r.torch_over_fastbn for r in sel if r.torch_over_fastbn is not None]
+                if vs:
+                    worst = min(sel, key=lambda r: r.torch_over_fastbn or math.inf)
+                    line += (f" torch/fastbn geomean {_gmean(vs):.2f}, min {min(vs):.2f}"
+                             f" ({worst.shape} {worst.layout});")
+                floor = [r.fastbn_over_floor for r in sel]
+                if group == "large":
+                    line += f" fastbn/floor geomean {_gmean(floor):.2f}, max {max(floor):.2f}"
+                if line.endswith(":"):
+                    continue
+                out.append(line.rstrip(";"))
+    return "\n".join(out)
+
+
+def busy_summary(rows: Sequence[BusyRow]) -> str:
+    if not rows:
+        return ""
+    worst = max(rows, key=lambda r: r.all_over_one)
+    return (f"busy core: {rows[0].threads} threads over 1 thread, geomean "
+            f"{_gmean([r.all_over_one for r in rows]):.2f}, worst {worst.all_over_one:.2f} "
+            f"({worst.shape} {worst.layout} {worst.dtype} {worst.op})")
+
+
+def plot(rows: Sequence[Row], path: str) -> None:
+    """Bar chart of each implementation's time in copies, floors marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"{r.shape} {r.dtype.replace('float', 'f')}\n{r.layout} {r.op}" for r in rows]
+    xs = np.arange(len(rows))
+    fig, ax = plt.subplots(figsize=(max(8, 0.55 * len(rows)), 5))
+    series = [("fastbn", [r.fastbn_copies for r in rows])]
+    if any(r.torch_ms is not None for r in rows):
+        series.append(("PyTorch", [np.nan if r.torch_ms is None else r.torch_ms / r.copy_ms
+                                   for r in rows]))
+    width = 0.8 / len(series)
+    for i, (name, vals) in enumerate(series):
+        ax.bar(xs + (i - (len(series) - 1) / 2) * width, vals, width, label=name)
+    ax.scatter(xs, [r.floor_copies for r in rows], marker="_", s=400, color="k",
+               label="traffic floor", zorder=3)
+    ax.set_xticks(xs, labels, rotation=90, fontsize=7)
+    ax.set_ylabel("time / parallel copy of x")
+    ax.set_title(f"fastbn vs PyTorch, {numba.get_num_threads()} threads, {cpu_model()} "
+                 "(lower is better)", fontsize=9)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def int_at_least(minimum: int):
+    """An argparse ``type`` for integers ``>= minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text}")
+        return value
+
+    return parse
+
+
+_positive_int = int_at_least(1)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quick", action="store_true",
+                        help="the large shapes (or those given) with at most 7 rounds")
+    parser.add_argument("--shapes", nargs="+", choices=list(SHAPES), default=list(SHAPES),
+                        metavar="SHAPE", help=f"shapes to run (default: all of {', '.join(SHAPES)})")
+    parser.add_argument("--layouts", nargs="+", choices=LAYOUTS, default=list(LAYOUTS))
+    parser.add_argument("--dtypes", nargs="+", choices=DTYPES, default=["float32"])
+    parser.add_argument("--ops", nargs="+", choices=OPS, default=list(OPS))
+    parser.add_argument("--repeat", type=_positive_int, default=25,
+                        help="interleaved rounds per case (default 25)")
+    parser.add_argument("--no-torch", action="store_true", help="skip PyTorch even if installed")
+    parser.add_argument("--busy", action="store_true",
+                        help="also time fastbn at all threads against 1 thread while another "
+                             "process keeps a core busy")
+    parser.add_argument("--json", metavar="FILE", help="write the rows as JSON")
+    parser.add_argument("--markdown", metavar="FILE", help="write the table as Markdown")
+    parser.add_argument("--plot", metavar="FILE.png", help="write a bar chart (needs matplotlib)")
+
+
+def main_from_args(args: argparse.Namespace) -> int:
+    shapes, repeat = args.shapes, args.repeat
+    if args.quick:
+        shapes = [s for s in shapes if s in LARGE] or shapes
+        repeat = min(repeat, 7)
+    peers = ("numpy",) if args.no_torch else ("torch", "numpy")
+    rows = run(shapes, args.layouts, args.dtypes, args.ops, repeat, peers)
+    busy = run_busy(shapes, args.layouts, args.dtypes, args.ops, repeat) if args.busy else []
+    header = (f"fastbn {fastbn.__version__}, numba {numba.__version__}, "
+              f"{numba.get_num_threads()} threads ({numba.threading_layer()} layer), "
+              f"CPU: {cpu_model()}")
+    table = markdown(rows) + "\n" + summary(rows) + "\n"
+    if busy:
+        table += "\n" + busy_markdown(busy) + "\n" + busy_summary(busy) + "\n"
+    print(header)
+    print(table)
+    if args.markdown:
+        with open(args.markdown, "w") as fh:
+            fh.write(header + "\n\n" + table)
+        print(f"wrote {args.markdown}")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"cpu": cpu_model(), "threads": numba.get_num_threads(),
+                       "rows": [r.as_dict() for r in rows],
+                       "busy": [vars(r) for r in busy]}, fh, indent=1)
+        print(f"wrote {args.json}")
+    if args.plot:
+        plot(rows, args.plot)
+        print(f"wrote {args.plot}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``benchmarks/compare.py``."""
+    parser = argparse.ArgumentParser(description="Compare fastbn with PyTorch, NumPy and a "
+                                                 "parallel copy, in interleaved rounds.")
+    add_arguments(parser)
+    return main_from_args(parser.parse_args(argv))
