@@ -8,41 +8,53 @@ whichever wins, so a calibration can only change speed.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import replace
 from typing import Callable
 
 import numba
 import numpy as np
 
-from . import _choices
+from . import _choices, _jit
 from .benchmark import ratio, rounds
 from .kernels import KERNELS
 
 #: A candidate must win by this factor to move a threshold away from the
 #: default (noise on a shared machine is a few percent).
 MARGIN = 0.95
+#: Bytes of the synthetic inputs of the fused-or-two-pass comparisons.
+TOTAL = 24 << 20
 
 
-def _train_forward(fused: bool, x: np.ndarray, twin: str) -> Callable[[], object]:
+def _train_forward(fused: bool, x: np.ndarray) -> Callable[[], object]:
     """Training forward of the float64-free path: channel per task, or the
     statistics then the normalization."""
     c = x.shape[1]
     mean, var, y = np.empty(c), np.empty(c), np.empty_like(x)
     w, b = np.ones(c, x.dtype), np.zeros(c, x.dtype)
+    size = x.size
     if fused:
-        forward = getattr(KERNELS["fused_forward"]["cf"], twin)
-        return lambda: forward(x, w, b, 1e-5, mean, var, y)
-    stats = getattr(KERNELS["stats"]["cf"], twin)
-    affine = getattr(KERNELS["affine"]["cf"], twin)
-    return lambda: (stats(x, mean, var), affine(x, mean, var, w, b, 1e-5, y))
+        forward = KERNELS["fused_forward"]["cf"]
+        return lambda: forward(size, x, w, b, 1e-5, mean, var, y)
+    stats, affine = KERNELS["stats"]["cf"], KERNELS["affine"]["cf"]
+    return lambda: (stats(size, x, mean, var), affine(size, x, mean, var, w, b, 1e-5, y))
+
+
+@contextlib.contextmanager
+def _parallel_from(size: int):
+    """Let kernels over ``size`` elements or more run in parallel."""
+    old = _jit.PARALLEL_MIN_SIZE
+    _jit.PARALLEL_MIN_SIZE = size
+    try:
+        yield
+    finally:
+        _jit.PARALLEL_MIN_SIZE = old
 
 
 def _fused_wins(n: int, c: int, s: int, repeat: int) -> float:
     """Fused over two-pass time, training forward, float32 (n, c, s)."""
     x = np.random.default_rng(0).standard_normal((n, c, s), dtype=np.float32)
-    twin = "parallel" if numba.get_num_threads() > 1 else "serial"
-    t = rounds({"fused": _train_forward(True, x, twin),
-                "two": _train_forward(False, x, twin)}, repeat)
+    t = rounds({"fused": _train_forward(True, x), "two": _train_forward(False, x)}, repeat)
     return ratio(t, "fused", "two")
 
 
@@ -52,8 +64,9 @@ def _parallel_wins(size: int, repeat: int) -> float:
     mean, var, y = np.zeros(64), np.ones(64), np.empty_like(x)
     w = b = np.empty(0, np.float32)
     affine = KERNELS["affine"]["cl"]
-    t = rounds({"parallel": lambda: affine.parallel(x, mean, var, w, b, 1e-5, y),
-                "serial": lambda: affine.serial(x, mean, var, w, b, 1e-5, y)}, repeat)
+    with _parallel_from(0):
+        t = rounds({"parallel": lambda: affine(x.size, x, mean, var, w, b, 1e-5, y),
+                    "serial": lambda: affine(0, x, mean, var, w, b, 1e-5, y)}, repeat)
     return ratio(t, "parallel", "serial")
 
 
@@ -70,25 +83,24 @@ def calibrate(repeat: int = 15, log: Callable[[str], None] = print) -> _choices.
             if r < MARGIN:
                 parallel_min = size
                 break
-    # Fused vs two-pass: channel size at long runs (64x64 values), then run
-    # length at a small channel (~64 KiB); C = 2 channels per thread, 16 at least.
-    c = max(16, 2 * threads)
+    # Fused vs two-pass on inputs of TOTAL bytes (larger than most caches,
+    # like real activations): channel size at long runs (16 KiB), then run
+    # length at 64 KiB channels.
     best_bytes = 0
-    for kib in (32, 64, 128, 256, 512, 1024, 2048, 4096):
+    for kib in (32, 64, 128, 256, 512, 1024, 2048):
         n = max(1, kib * 1024 // (4 * 4096))
-        r = _fused_wins(n, c, 4096, repeat)
+        r = _fused_wins(n, max(16, TOTAL // (kib * 1024)), 4096, repeat)
         log(f"fused / two-pass, {kib} KiB channels, 16 KiB runs: {r:.2f}")
         if r < MARGIN:
             best_bytes = kib * 1024
         elif best_bytes:
             break
     min_run = base.fused_min_run_bytes
-    if best_bytes:
+    if best_bytes >= 64 * 1024:
         min_run = 1 << 30
-        for s in (49, 196, 784, 1024, 3136):
-            n = max(2, 64 * 1024 // (4 * s))
-            r = _fused_wins(n, c, s, repeat)
-            log(f"fused / two-pass, {4 * s} B runs, {n * s * 4 >> 10} KiB channels: {r:.2f}")
+        for s in (196, 784, 3136):
+            r = _fused_wins(64 * 1024 // (4 * s), TOTAL // (64 * 1024), s, repeat)
+            log(f"fused / two-pass, 64 KiB channels, {4 * s} B runs: {r:.2f}")
             if r < MARGIN:
                 min_run = 4 * s
                 break

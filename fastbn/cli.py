@@ -20,17 +20,6 @@ import numpy as np
 import fastbn
 
 
-def _cpu() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _cache_dirs() -> list[str]:
     """Where the kernels' compiled code is cached (one folder in practice)."""
     from fastbn.kernels import dispatchers
@@ -48,6 +37,8 @@ def info(args: argparse.Namespace) -> int:
     from fastbn.benchmark import parallel_copy
 
     parallel_copy(np.zeros(2), np.zeros(2))  # starts the threading layer
+    from fastbn._choices import CHOICES as c, MACHINE as m
+
     dirs = _cache_dirs()
     entries = sum(len(glob.glob(os.path.join(d, "kernels.*.nbi"))) for d in dirs)
     lines = [
@@ -57,7 +48,14 @@ def info(args: argparse.Namespace) -> int:
         ("python", platform.python_version()),
         ("threading layer", numba.threading_layer()),
         ("threads", f"{numba.get_num_threads()} (NUMBA_NUM_THREADS {numba.config.NUMBA_NUM_THREADS})"),
-        ("cpu", f"{_cpu()}, {os.cpu_count()} logical cores"),
+        ("cpu", f"{m.cpu}, {os.cpu_count()} logical cores, {m.cpus} usable"),
+        ("caches", f"L1d {m.l1d >> 10} KiB, L2 {m.l2 >> 10} KiB per core, L3 {m.l3 >> 20} MiB; "
+                   f"SIMD {8 * m.simd_bytes} bits"),
+        ("kernel choices", c.source),
+        ("  parallel from", f"{c.parallel_min_size} elements"),
+        ("  channel per task", f"channels of at most {c.fused_max_channel_bytes >> 10} KiB, runs of "
+                               f"at least {c.fused_min_run_bytes} B, inputs of at most "
+                               f"{c.fused_max_total >> 20} MiB"),
         ("compile cache", ", ".join(dirs) or "none (caching unavailable)"),
         ("cache state", f"warm ({entries} kernel index files)" if entries else "cold (kernels compile on first use)"),
     ]

@@ -46,6 +46,14 @@ ROWS = 256
 #: Values per ``_cl`` block: large, so that the per-channel float64 merge
 #: after each block costs little next to the block's streaming sums.
 CL_BLOCK = 1 << 16
+#: ``_cf`` reductions over runs (H*W values) shorter than this walk memory in
+#: order, all channels of a sample after another: a walk channel by channel
+#: would jump a whole sample after each run, and a short run ends before
+#: the hardware prefetchers have caught on (they stop at page boundaries).
+#: The choice depends on the shape only.
+RUN_BYTES = 4096
+#: Contiguous bytes per sample of one task of such a walk.
+WALK_BYTES = 1 << 14
 #: Values (``_cf``) or rows (``_cl``) a task averages for its first shift.
 PILOT = 64
 PILOT_ROWS = 16
@@ -55,6 +63,19 @@ PILOT_ROWS = 16
 def _n_chunks(total, per_chunk, most):
     n = (total + per_chunk - 1) // per_chunk
     return max(1, min(n, most))
+
+
+@helper
+def _walk_tasks(na, nc, nb, itemsize):
+    """How a walk in memory order over an ``(A, C, B)`` view is cut into
+    tasks: ``(sample chunks, samples per chunk, channels per group)``. A
+    task sums at least :data:`BLOCK` values of each of its channels (fixed
+    per-channel costs stay small) over runs of :data:`WALK_BYTES` or more
+    per sample (so that memory is still streamed); no chunk is empty."""
+    nch = _n_chunks(na, max(1, BLOCK // nb), MAX_CHUNKS)
+    spc = (na + nch - 1) // nch
+    cw = min(nc, max(1, WALK_BYTES // (nb * itemsize)))
+    return (na + spc - 1) // spc, spc, cw
 
 
 @helper
@@ -229,7 +250,7 @@ def _grad_table(x, mean, invstd, weight, sum_dy, sum_dy_xc, m):
 
 
 @kernel
-def update_running(mean, var, count, momentum, running_mean, running_var):
+def update_running(mean, var, count, momentum, running_mean, running_var, tasks):
     """Exponential update of the running statistics (unbiased variance),
     only if every batch statistic is finite; returns whether they were."""
     for c in range(mean.size):
@@ -280,26 +301,172 @@ def _cf_grad_totals(dy, x, c, j0, j1, center):
     return s, sx
 
 
+@helper
+def _fold(mu, m2, n, t1, t2, nt, shift):
+    """Merge, per column, the float64 sums ``t1``, ``t2`` of ``nt`` deviations
+    from ``shift`` into the (mean, M2) ``mu``, ``m2`` of ``n`` earlier values
+    (Chan et al.), and clear the sums."""
+    if nt == 0.0:
+        return
+    for k in range(mu.size):
+        mb, m2b = _block_moments(t1[k], t2[k], nt, np.float64(shift[k]))
+        _, mu[k], m2[k] = _chan(n, mu[k], m2[k], nt, mb, m2b)
+        t1[k] = 0.0
+        t2[k] = 0.0
+
+
+@helper
+def _cl_moments(x, r0, r1, k0, mu, m2):
+    """(mean, M2) of columns ``k0:k0 + len(mu)`` over rows ``r0:r1`` into
+    ``mu`` and ``m2``. Blocks of shifted sums in x's dtype (the shift: the
+    mean of a short pilot) are added up in float64 while the shift stays, so
+    a block costs two adds per column; a block whose sums lost more than 2
+    bits to cancellation moves the shift to its own mean, the sums so far
+    being folded into ``mu``, ``m2`` with Chan's formula first."""
+    kw = mu.size
+    rows = max(1, min(ROWS, CL_BLOCK // kw))
+    shift = np.zeros(kw, x.dtype)
+    s = np.empty(kw, x.dtype)
+    s2 = np.empty(kw, x.dtype)
+    t1 = np.zeros(kw)
+    t2 = np.zeros(kw)
+    mu[:] = 0.0
+    m2[:] = 0.0
+    pilot = min(PILOT_ROWS, r1 - r0)
+    for r in range(r0, r0 + pilot):
+        xr = x[r, k0:k0 + kw]
+        for k in range(kw):
+            shift[k] += xr[k]
+    for k in range(kw):
+        shift[k] = shift[k] / pilot
+    n = 0.0
+    nt = 0.0
+    for rb in range(r0, r1, rows):
+        re = min(r1, rb + rows)
+        cnt = np.float64(re - rb)
+        _cl_sums(x, rb, re, k0, shift, s, s2)
+        redo = False
+        for k in range(kw):
+            redo |= _cancels(s[k], s2[k], cnt)
+        if redo:
+            _fold(mu, m2, n, t1, t2, nt, shift)
+            n += nt
+            nt = 0.0
+            for k in range(kw):
+                shift[k] = shift[k] + s[k] / cnt
+            _cl_sums(x, rb, re, k0, shift, s, s2)
+        for k in range(kw):
+            t1[k] += s[k]
+            t2[k] += s2[k]
+        nt += cnt
+    _fold(mu, m2, n, t1, t2, nt, shift)
+
+
+@helper
+def _cf_walk_moments(x, a0, a1, c0, mu, m2):
+    """(mean, M2) of channels ``c0:c0 + len(mu)`` over samples ``a0:a1`` of
+    an ``(A, C, B)`` view, walking memory in order: each run of B values (a block) is summed
+    about its channel's shift in x's dtype, and the runs are added up in
+    float64 while the shift stays; a run whose sums lost more than 2 bits to
+    cancellation moves its channel's shift to its own mean (as
+    :func:`_cl_moments`)."""
+    nc, nb = mu.size, x.shape[2]
+    shift = np.empty(nc, x.dtype)
+    t1 = np.zeros(nc)
+    t2 = np.zeros(nc)
+    n = np.zeros(nc)
+    nt = np.zeros(nc)
+    pilot = min(PILOT, nb)
+    for c in range(nc):
+        s, _ = _cf_sums(x, c0 + c, a0 * nb, a0 * nb + pilot, x.dtype.type(0))
+        shift[c] = s / pilot
+        mu[c] = 0.0
+        m2[c] = 0.0
+    for a in range(a0, a1):
+        for c in range(nc):
+            for j in range(a * nb, a * nb + nb, BLOCK):
+                je = min(a * nb + nb, j + BLOCK)
+                cnt = np.float64(je - j)
+                s, s2 = _cf_sums(x, c0 + c, j, je, shift[c])
+                if _cancels(s, s2, cnt):
+                    mb, m2b = _block_moments(t1[c], t2[c], nt[c], np.float64(shift[c]))
+                    n[c], mu[c], m2[c] = _chan(n[c], mu[c], m2[c], nt[c], mb, m2b)
+                    t1[c] = t2[c] = nt[c] = 0.0
+                    shift[c] = x.dtype.type(shift[c] + s / cnt)
+                    s, s2 = _cf_sums(x, c0 + c, j, je, shift[c])
+                t1[c] += s
+                t2[c] += s2
+                nt[c] += cnt
+    for c in range(nc):
+        if nt[c]:
+            mb, m2b = _block_moments(t1[c], t2[c], nt[c], np.float64(shift[c]))
+            _, mu[c], m2[c] = _chan(n[c], mu[c], m2[c], nt[c], mb, m2b)
+
+
+@helper
+def _cf_walk_grad_sums(dy, x, a0, a1, c0, center, s, sx):
+    """float64 sums of ``dy`` and ``dy * (x - center)`` of channels
+    ``c0:c0 + len(s)`` over samples ``a0:a1``, walking memory in order (see
+    :func:`_cf_walk_moments`)."""
+    nc, nb = s.size, x.shape[2]
+    s[:] = 0.0
+    sx[:] = 0.0
+    for a in range(a0, a1):
+        for c in range(nc):
+            for j in range(a * nb, a * nb + nb, BLOCK):
+                bs, bsx = _cf_grad_sums(dy, x, c0 + c, j, min(a * nb + nb, j + BLOCK),
+                                        center[c0 + c])
+                s[c] += bs
+                sx[c] += bsx
+
+
 @kernel
-def stats_cf(x, mean, var):
+def stats_cf(x, mean, var, tasks):
     """Per-channel mean and biased variance of an ``(A, C, B)`` view into
-    float64 ``mean`` and ``var``."""
+    float64 ``mean`` and ``var``: a task per chunk of a channel, or, for
+    short runs, a task per chunk of samples (see :data:`RUN_BYTES`)."""
     na, nc, nb = x.shape
     m = na * nb
-    nch = _n_chunks(m, CHUNK, MAX_CHUNKS)
-    size = (m + nch - 1) // nch
+    walk = nb * x.itemsize < RUN_BYTES
+    if walk:
+        nch, spc, cw = _walk_tasks(na, nc, nb, x.itemsize)
+        size = spc * nb
+    else:
+        nch = _n_chunks(m, CHUNK, MAX_CHUNKS)
+        size = (m + nch - 1) // nch
     part_mean = np.empty((nc, nch))
     part_m2 = np.empty((nc, nch))
-    for t in prange(nc * nch):
-        c = t // nch
-        k = t - c * nch
-        part_mean[c, k], part_m2[c, k] = _cf_moments(x, c, k * size, min(m, k * size + size))
-    for c in prange(nc):
-        mean[c], var[c] = _merge_chunks(part_mean[c], part_m2[c], m, size)
+    if walk:
+        ncg = (nc + cw - 1) // cw
+        n_t = nch * ncg
+        ng = min(n_t, tasks)
+        for grp in prange(ng):
+            for t in range(grp * n_t // ng, (grp + 1) * n_t // ng):
+                k = t // ncg
+                c0 = (t - k * ncg) * cw
+                mu = np.empty(min(nc, c0 + cw) - c0)
+                m2 = np.empty(mu.size)
+                _cf_walk_moments(x, k * spc, min(na, k * spc + spc), c0, mu, m2)
+                part_mean[c0:c0 + mu.size, k] = mu
+                part_m2[c0:c0 + mu.size, k] = m2
+    else:
+        n_t = nc * nch
+        ng = min(n_t, tasks)
+        for grp in prange(ng):
+            for t in range(grp * n_t // ng, (grp + 1) * n_t // ng):
+                c = t // nch
+                k = t - c * nch
+                part_mean[c, k], part_m2[c, k] = _cf_moments(x, c, k * size,
+                                                             min(m, k * size + size))
+    n_c = nc
+    ng = min(n_c, tasks)
+    for grp in prange(ng):
+        for c in range(grp * n_c // ng, (grp + 1) * n_c // ng):
+            mean[c], var[c] = _merge_chunks(part_mean[c], part_m2[c], m, size)
 
 
 @kernel
-def stats_cl(x, mean, var):
+def stats_cl(x, mean, var, tasks):
     """Per-column mean and biased variance of an ``(R, C)`` view into float64
     ``mean`` and ``var``."""
     nr, nc = x.shape
@@ -309,77 +476,81 @@ def stats_cl(x, mean, var):
     ncc = (nc + COLUMNS - 1) // COLUMNS
     part_mean = np.empty((nc, nrc))
     part_m2 = np.empty((nc, nrc))
-    for t in prange(nrc * ncc):
-        i = t // ncc
-        k0 = (t - i * ncc) * COLUMNS
-        kw = min(nc, k0 + COLUMNS) - k0
-        r0 = i * rsize
-        r1 = min(nr, r0 + rsize)
-        rows = max(1, min(ROWS, CL_BLOCK // kw))
-        mu = np.zeros(kw)
-        m2 = np.zeros(kw)
-        shift = np.zeros(kw, x.dtype)
-        s = np.empty(kw, x.dtype)
-        s2 = np.empty(kw, x.dtype)
-        pilot = min(PILOT_ROWS, r1 - r0)
-        for r in range(r0, r0 + pilot):
-            xr = x[r, k0:k0 + kw]
-            for k in range(kw):
-                shift[k] += xr[k]
-        for k in range(kw):
-            shift[k] = shift[k] / pilot
-        n = 0.0
-        for rb in range(r0, r1, rows):
-            re = min(r1, rb + rows)
-            cnt = np.float64(re - rb)
-            _cl_sums(x, rb, re, k0, shift, s, s2)
-            redo = False
-            for k in range(kw):
-                redo |= _cancels(s[k], s2[k], cnt)
-            if redo:
-                for k in range(kw):
-                    shift[k] = shift[k] + s[k] / cnt
-                _cl_sums(x, rb, re, k0, shift, s, s2)
-            for k in range(kw):
-                mb, m2b = _block_moments(
-                    np.float64(s[k]), np.float64(s2[k]), cnt, np.float64(shift[k])
-                )
-                _, mu[k], m2[k] = _chan(n, mu[k], m2[k], cnt, mb, m2b)
-                shift[k] = mu[k]
-            n += cnt
-        part_mean[k0:k0 + kw, i] = mu
-        part_m2[k0:k0 + kw, i] = m2
-    for k in prange(nc):
-        mean[k], var[k] = _merge_chunks(part_mean[k], part_m2[k], nr, rsize)
+    n_t = nrc * ncc
+    ng = min(n_t, tasks)
+    for grp in prange(ng):
+        for t in range(grp * n_t // ng, (grp + 1) * n_t // ng):
+            i = t // ncc
+            k0 = (t - i * ncc) * COLUMNS
+            kw = min(nc, k0 + COLUMNS) - k0
+            r0 = i * rsize
+            r1 = min(nr, r0 + rsize)
+            mu = np.empty(kw)
+            m2 = np.empty(kw)
+            _cl_moments(x, r0, r1, k0, mu, m2)
+            part_mean[k0:k0 + kw, i] = mu
+            part_m2[k0:k0 + kw, i] = m2
+    n_k = nc
+    ng = min(n_k, tasks)
+    for grp in prange(ng):
+        for k in range(grp * n_k // ng, (grp + 1) * n_k // ng):
+            mean[k], var[k] = _merge_chunks(part_mean[k], part_m2[k], nr, rsize)
 
 
 @kernel
-def grad_sums_cf(dy, x, mean, sum_dy, sum_dy_xc):
+def grad_sums_cf(dy, x, mean, sum_dy, sum_dy_xc, tasks):
     """Per-channel ``sum(dy)`` and ``sum(dy * (x - mean))`` over
-    ``(A, C, B)`` views (float64 ``mean`` and results)."""
+    ``(A, C, B)`` views (float64 ``mean`` and results); tasks as
+    :func:`stats_cf`."""
     na, nc, nb = x.shape
     m = na * nb
-    nch = _n_chunks(m, CHUNK, MAX_CHUNKS)
-    size = (m + nch - 1) // nch
+    walk = nb * x.itemsize < RUN_BYTES
+    if walk:
+        nch, spc, cw = _walk_tasks(na, nc, nb, x.itemsize)
+        size = spc * nb
+    else:
+        nch = _n_chunks(m, CHUNK, MAX_CHUNKS)
+        size = (m + nch - 1) // nch
     part_dy = np.empty((nc, nch))
     part_dyx = np.empty((nc, nch))
-    for t in prange(nc * nch):
-        c = t // nch
-        k = t - c * nch
-        part_dy[c, k], part_dyx[c, k] = _cf_grad_totals(
-            dy, x, c, k * size, min(m, k * size + size), x.dtype.type(mean[c]))
-    for c in prange(nc):
-        s = 0.0
-        sx = 0.0
-        for k in range(nch):
-            s += part_dy[c, k]
-            sx += part_dyx[c, k]
-        sum_dy[c] = s
-        sum_dy_xc[c] = sx - (mean[c] - np.float64(x.dtype.type(mean[c]))) * s
+    center = mean.astype(x.dtype)
+    if walk:
+        ncg = (nc + cw - 1) // cw
+        n_t = nch * ncg
+        ng = min(n_t, tasks)
+        for grp in prange(ng):
+            for t in range(grp * n_t // ng, (grp + 1) * n_t // ng):
+                k = t // ncg
+                c0 = (t - k * ncg) * cw
+                s = np.empty(min(nc, c0 + cw) - c0)
+                sx = np.empty(s.size)
+                _cf_walk_grad_sums(dy, x, k * spc, min(na, k * spc + spc), c0, center, s, sx)
+                part_dy[c0:c0 + s.size, k] = s
+                part_dyx[c0:c0 + s.size, k] = sx
+    else:
+        n_t = nc * nch
+        ng = min(n_t, tasks)
+        for grp in prange(ng):
+            for t in range(grp * n_t // ng, (grp + 1) * n_t // ng):
+                c = t // nch
+                k = t - c * nch
+                part_dy[c, k], part_dyx[c, k] = _cf_grad_totals(
+                    dy, x, c, k * size, min(m, k * size + size), center[c])
+    n_c = nc
+    ng = min(n_c, tasks)
+    for grp in prange(ng):
+        for c in range(grp * n_c // ng, (grp + 1) * n_c // ng):
+            s = 0.0
+            sx = 0.0
+            for k in range(nch):
+                s += part_dy[c, k]
+                sx += part_dyx[c, k]
+            sum_dy[c] = s
+            sum_dy_xc[c] = sx - (mean[c] - np.float64(center[c])) * s
 
 
 @kernel
-def grad_sums_cl(dy, x, mean, sum_dy, sum_dy_xc):
+def grad_sums_cl(dy, x, mean, sum_dy, sum_dy_xc, tasks):
     """Per-column ``sum(dy)`` and ``sum(dy * (x - mean))`` over ``(R, C)``
     views (float64 ``mean`` and results)."""
     nr, nc = x.shape
@@ -389,165 +560,189 @@ def grad_sums_cl(dy, x, mean, sum_dy, sum_dy_xc):
     ncc = (nc + COLUMNS - 1) // COLUMNS
     part_dy = np.empty((nrc, nc))
     part_dyx = np.empty((nrc, nc))
-    for t in prange(nrc * ncc):
-        i = t // ncc
-        k0 = (t - i * ncc) * COLUMNS
-        kw = min(nc, k0 + COLUMNS) - k0
-        r1 = min(nr, i * rsize + rsize)
-        rows = max(1, min(ROWS, CL_BLOCK // kw))
-        s = np.zeros(kw)
-        sx = np.zeros(kw)
-        bs = np.empty(kw, x.dtype)
-        bsx = np.empty(kw, x.dtype)
-        ck = mean[k0:k0 + kw].astype(x.dtype)
-        for r0 in range(i * rsize, r1, rows):
-            bs[:] = 0
-            bsx[:] = 0
-            r = r0
-            re = min(r1, r0 + rows)
-            while r < re:
-                if r + 2 <= re:
-                    g0 = dy[r, k0:k0 + kw]
-                    g1 = dy[r + 1, k0:k0 + kw]
-                    x0 = x[r, k0:k0 + kw]
-                    x1 = x[r + 1, k0:k0 + kw]
-                    for k in range(kw):
-                        bs[k] += g0[k] + g1[k]
-                        bsx[k] += g0[k] * (x0[k] - ck[k]) + g1[k] * (x1[k] - ck[k])
-                    r += 2
-                else:
-                    g0 = dy[r, k0:k0 + kw]
-                    x0 = x[r, k0:k0 + kw]
-                    for k in range(kw):
-                        bs[k] += g0[k]
-                        bsx[k] += g0[k] * (x0[k] - ck[k])
-                    r += 1
-            for k in range(kw):
-                s[k] += bs[k]
-                sx[k] += bsx[k]
-        part_dy[i, k0:k0 + kw] = s
-        part_dyx[i, k0:k0 + kw] = sx
-    for k in prange(nc):
-        s = 0.0
-        sx = 0.0
-        for i in range(nrc):
-            s += part_dy[i, k]
-            sx += part_dyx[i, k]
-        sum_dy[k] = s
-        sum_dy_xc[k] = sx - (mean[k] - np.float64(x.dtype.type(mean[k]))) * s
+    n_t = nrc * ncc
+    ng = min(n_t, tasks)
+    for grp in prange(ng):
+        for t in range(grp * n_t // ng, (grp + 1) * n_t // ng):
+            i = t // ncc
+            k0 = (t - i * ncc) * COLUMNS
+            kw = min(nc, k0 + COLUMNS) - k0
+            r1 = min(nr, i * rsize + rsize)
+            rows = max(1, min(ROWS, CL_BLOCK // kw))
+            s = np.zeros(kw)
+            sx = np.zeros(kw)
+            bs = np.empty(kw, x.dtype)
+            bsx = np.empty(kw, x.dtype)
+            ck = mean[k0:k0 + kw].astype(x.dtype)
+            for r0 in range(i * rsize, r1, rows):
+                bs[:] = 0
+                bsx[:] = 0
+                r = r0
+                re = min(r1, r0 + rows)
+                while r < re:
+                    if r + 2 <= re:
+                        g0 = dy[r, k0:k0 + kw]
+                        g1 = dy[r + 1, k0:k0 + kw]
+                        x0 = x[r, k0:k0 + kw]
+                        x1 = x[r + 1, k0:k0 + kw]
+                        for k in range(kw):
+                            bs[k] += g0[k] + g1[k]
+                            bsx[k] += g0[k] * (x0[k] - ck[k]) + g1[k] * (x1[k] - ck[k])
+                        r += 2
+                    else:
+                        g0 = dy[r, k0:k0 + kw]
+                        x0 = x[r, k0:k0 + kw]
+                        for k in range(kw):
+                            bs[k] += g0[k]
+                            bsx[k] += g0[k] * (x0[k] - ck[k])
+                        r += 1
+                for k in range(kw):
+                    s[k] += bs[k]
+                    sx[k] += bsx[k]
+            part_dy[i, k0:k0 + kw] = s
+            part_dyx[i, k0:k0 + kw] = sx
+    n_k = nc
+    ng = min(n_k, tasks)
+    for grp in prange(ng):
+        for k in range(grp * n_k // ng, (grp + 1) * n_k // ng):
+            s = 0.0
+            sx = 0.0
+            for i in range(nrc):
+                s += part_dy[i, k]
+                sx += part_dyx[i, k]
+            sum_dy[k] = s
+            sum_dy_xc[k] = sx - (mean[k] - np.float64(x.dtype.type(mean[k]))) * s
 
 
 @kernel
-def affine_cf(x, mean, var, weight, bias, eps, y):
+def affine_cf(x, mean, var, weight, bias, eps, y, tasks):
     """``y = (x - mean) / sqrt(var + eps) * weight + bias`` per channel of
     ``(A, C, B)`` views; float64 ``mean``, ``var``, ``weight``, ``bias``
     (empty: ones, zeros)."""
     na, nc, nb = x.shape
     center, scale, shift = _affine_table(x, mean, var, weight, bias, eps)
     nq = (nb + CHUNK - 1) // CHUNK
-    for t in prange(na * nc * nq):
-        row = t // nq
-        b0 = (t - row * nq) * CHUNK
-        a = row // nc
-        c = row - a * nc
-        mc = center[c]
-        sc = scale[c]
-        sh = shift[c]
-        xr = x[a, c, b0:b0 + CHUNK]
-        yr = y[a, c, b0:b0 + CHUNK]
-        for b in range(xr.size):
-            yr[b] = (xr[b] - mc) * sc + sh
+    n_t = na * nc * nq
+    ng = min(n_t, tasks)
+    for grp in prange(ng):
+        for t in range(grp * n_t // ng, (grp + 1) * n_t // ng):
+            row = t // nq
+            b0 = (t - row * nq) * CHUNK
+            a = row // nc
+            c = row - a * nc
+            mc = center[c]
+            sc = scale[c]
+            sh = shift[c]
+            xr = x[a, c, b0:b0 + CHUNK]
+            yr = y[a, c, b0:b0 + CHUNK]
+            for b in range(xr.size):
+                yr[b] = (xr[b] - mc) * sc + sh
 
 
 @kernel
-def affine_cl(x, mean, var, weight, bias, eps, y):
+def affine_cl(x, mean, var, weight, bias, eps, y, tasks):
     """As :func:`affine_cf`, over ``(R, C)`` views."""
     nr, nc = x.shape
     center, scale, shift = _affine_table(x, mean, var, weight, bias, eps)
     rows = max(1, CHUNK // nc)
-    for t in prange((nr + rows - 1) // rows):
-        for r in range(t * rows, min(nr, t * rows + rows)):
-            xr = x[r]
-            yr = y[r]
-            for k in range(nc):
-                yr[k] = (xr[k] - center[k]) * scale[k] + shift[k]
+    n_t = (nr + rows - 1) // rows
+    ng = min(n_t, tasks)
+    for grp in prange(ng):
+        for t in range(grp * n_t // ng, (grp + 1) * n_t // ng):
+            for r in range(t * rows, min(nr, t * rows + rows)):
+                xr = x[r]
+                yr = y[r]
+                for k in range(nc):
+                    yr[k] = (xr[k] - center[k]) * scale[k] + shift[k]
 
 
 @kernel
-def grad_input_cf(dy, x, mean, invstd, weight, sum_dy, sum_dy_xc, count, dx):
+def grad_input_cf(dy, x, mean, invstd, weight, sum_dy, sum_dy_xc, count, dx, tasks):
     """Training-mode ``dx`` per channel of ``(A, C, B)`` views, from the
     float64 statistics and the sums of :func:`grad_sums_cf`."""
     na, nc, nb = x.shape
     center, k_dy, k_x, k_0 = _grad_table(x, mean, invstd, weight, sum_dy, sum_dy_xc, count)
     nq = (nb + CHUNK - 1) // CHUNK
-    for t in prange(na * nc * nq):
-        row = t // nq
-        b0 = (t - row * nq) * CHUNK
-        a = row // nc
-        c = row - a * nc
-        mc = center[c]
-        g = k_dy[c]
-        h = k_x[c]
-        e = k_0[c]
-        gr = dy[a, c, b0:b0 + CHUNK]
-        xr = x[a, c, b0:b0 + CHUNK]
-        dr = dx[a, c, b0:b0 + CHUNK]
-        for b in range(xr.size):
-            dr[b] = g * gr[b] + h * (xr[b] - mc) + e
+    n_t = na * nc * nq
+    ng = min(n_t, tasks)
+    for grp in prange(ng):
+        for t in range(grp * n_t // ng, (grp + 1) * n_t // ng):
+            row = t // nq
+            b0 = (t - row * nq) * CHUNK
+            a = row // nc
+            c = row - a * nc
+            mc = center[c]
+            g = k_dy[c]
+            h = k_x[c]
+            e = k_0[c]
+            gr = dy[a, c, b0:b0 + CHUNK]
+            xr = x[a, c, b0:b0 + CHUNK]
+            dr = dx[a, c, b0:b0 + CHUNK]
+            for b in range(xr.size):
+                dr[b] = g * gr[b] + h * (xr[b] - mc) + e
 
 
 @kernel
-def grad_input_cl(dy, x, mean, invstd, weight, sum_dy, sum_dy_xc, count, dx):
+def grad_input_cl(dy, x, mean, invstd, weight, sum_dy, sum_dy_xc, count, dx, tasks):
     """As :func:`grad_input_cf`, over ``(R, C)`` views."""
     nr, nc = x.shape
     center, k_dy, k_x, k_0 = _grad_table(x, mean, invstd, weight, sum_dy, sum_dy_xc, count)
     rows = max(1, CHUNK // nc)
-    for t in prange((nr + rows - 1) // rows):
-        for r in range(t * rows, min(nr, t * rows + rows)):
-            gr = dy[r]
-            xr = x[r]
-            dr = dx[r]
-            for k in range(nc):
-                dr[k] = k_dy[k] * gr[k] + k_x[k] * (xr[k] - center[k]) + k_0[k]
+    n_t = (nr + rows - 1) // rows
+    ng = min(n_t, tasks)
+    for grp in prange(ng):
+        for t in range(grp * n_t // ng, (grp + 1) * n_t // ng):
+            for r in range(t * rows, min(nr, t * rows + rows)):
+                gr = dy[r]
+                xr = x[r]
+                dr = dx[r]
+                for k in range(nc):
+                    dr[k] = k_dy[k] * gr[k] + k_x[k] * (xr[k] - center[k]) + k_0[k]
 
 
 @kernel
-def forward_cf(x, weight, bias, eps, mean, var, y):
+def forward_cf(x, weight, bias, eps, mean, var, y, tasks):
     """Training forward over an ``(A, C, B)`` view, a channel per task: its
     statistics, then its normalization while the channel is still in cache
     (one read of x from memory instead of two). For channels that fit in
     cache; float64 ``weight``/``bias`` (empty: ones, zeros), ``mean`` and
     ``var`` receive the statistics."""
     na, nc, nb = x.shape
-    for c in prange(nc):
-        mu, m2 = _cf_moments(x, c, 0, na * nb)
-        mean[c] = mu
-        var[c] = m2 / (na * nb)
-        center, scale, shift = _affine_coeffs(x, c, mean, var, weight, bias, eps)
-        for a in range(na):
-            xr = x[a, c]
-            yr = y[a, c]
-            for b in range(nb):
-                yr[b] = (xr[b] - center) * scale + shift
+    n_c = nc
+    ng = min(n_c, tasks)
+    for grp in prange(ng):
+        for c in range(grp * n_c // ng, (grp + 1) * n_c // ng):
+            mu, m2 = _cf_moments(x, c, 0, na * nb)
+            mean[c] = mu
+            var[c] = m2 / (na * nb)
+            center, scale, shift = _affine_coeffs(x, c, mean, var, weight, bias, eps)
+            for a in range(na):
+                xr = x[a, c]
+                yr = y[a, c]
+                for b in range(nb):
+                    yr[b] = (xr[b] - center) * scale + shift
 
 
 @kernel
-def backward_cf(dy, x, mean, invstd, weight, count, sum_dy, sum_dy_xc, dx):
+def backward_cf(dy, x, mean, invstd, weight, count, sum_dy, sum_dy_xc, dx, tasks):
     """Training backward over ``(A, C, B)`` views, a channel per task: its
     sums, then its ``dx`` while the channel's x and dy are still in cache."""
     na, nc, nb = x.shape
-    for c in prange(nc):
-        center = x.dtype.type(mean[c])
-        s, sx = _cf_grad_totals(dy, x, c, 0, na * nb, center)
-        sum_dy[c] = s
-        sum_dy_xc[c] = sx - (mean[c] - np.float64(center)) * s
-        center, g, h, e = _grad_coeffs(x, c, mean, invstd, weight, sum_dy, sum_dy_xc, count)
-        for a in range(na):
-            gr = dy[a, c]
-            xr = x[a, c]
-            dr = dx[a, c]
-            for b in range(nb):
-                dr[b] = g * gr[b] + h * (xr[b] - center) + e
+    n_c = nc
+    ng = min(n_c, tasks)
+    for grp in prange(ng):
+        for c in range(grp * n_c // ng, (grp + 1) * n_c // ng):
+            center = x.dtype.type(mean[c])
+            s, sx = _cf_grad_totals(dy, x, c, 0, na * nb, center)
+            sum_dy[c] = s
+            sum_dy_xc[c] = sx - (mean[c] - np.float64(center)) * s
+            center, g, h, e = _grad_coeffs(x, c, mean, invstd, weight, sum_dy, sum_dy_xc, count)
+            for a in range(na):
+                gr = dy[a, c]
+                xr = x[a, c]
+                dr = dx[a, c]
+                for b in range(nb):
+                    dr[b] = g * gr[b] + h * (xr[b] - center) + e
 
 
 KERNELS = {

@@ -1,0 +1,127 @@
+"""Machine facts and the kernel choices derived from them (issue: right on
+any CPU). A fake machine description must give the expected choices; the
+calibration file is used only on the CPU model that wrote it; the choice of
+kernel never changes results."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+import fastbn
+from fastbn import _choices, _machine, functional
+from fastbn._choices import Choices
+from fastbn._machine import Machine
+
+XEON = Machine("Intel Xeon", l1d=48 << 10, l2=2 << 20, l3=260 << 20, simd_bytes=64, cpus=2)
+EPYC = Machine("AMD EPYC", l1d=32 << 10, l2=512 << 10, l3=32 << 20, simd_bytes=32, cpus=2)
+
+
+def test_sizes_from_sysfs_text():
+    assert _machine._size("512K") == 512 << 10
+    assert _machine._size("32M") == 32 << 20
+    assert _machine._size("1024\n") == 1024
+
+
+def _fake_sysfs(root, caches):
+    for i, (level, kind, size) in enumerate(caches):
+        d = root / "cpu0" / "cache" / f"index{i}"
+        d.mkdir(parents=True)
+        (d / "level").write_text(f"{level}\n")
+        (d / "type").write_text(f"{kind}\n")
+        (d / "size").write_text(f"{size}\n")
+
+
+def test_cache_sizes_read_from_a_sysfs_tree(tmp_path):
+    _fake_sysfs(tmp_path, [(1, "Data", "32K"), (1, "Instruction", "32K"),
+                           (2, "Unified", "512K"), (3, "Unified", "32768K")])
+    assert _machine._sysfs_caches(str(tmp_path)) == {1: 32 << 10, 2: 512 << 10, 3: 32 << 20}
+
+
+def test_missing_sysfs_gives_no_sizes(tmp_path):
+    assert _machine._sysfs_caches(str(tmp_path / "absent")) == {}
+
+
+@pytest.mark.parametrize("files, expected", [
+    ({"cpu.max": "150000 100000"}, 1.5),
+    ({"cpu.max": "max 100000"}, None),
+    ({"cpu/cpu.cfs_quota_us": "200000", "cpu/cpu.cfs_period_us": "100000"}, 2.0),
+    ({"cpu/cpu.cfs_quota_us": "-1", "cpu/cpu.cfs_period_us": "100000"}, None),
+    ({}, None),
+])
+def test_cgroup_quota(tmp_path, files, expected):
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert _machine._cgroup_cpus(str(tmp_path)) == expected
+
+
+@pytest.mark.parametrize("affinity, quota, expected", [
+    (64, 1.0, 1), (64, 1.5, 2), (2, 8.0, 2), (16, None, 16), (4, 0.1, 1)])
+def test_usable_cpus_is_affinity_bounded_by_quota(affinity, quota, expected):
+    assert _machine.usable_cpus(affinity, quota) == expected
+
+
+def test_detect_reads_this_machine():
+    m = _machine.detect()
+    assert m.l1d > 0 and m.l2 > 0 and m.simd_bytes in (16, 32, 64) and m.cpus >= 1
+    assert m.cpus <= (os.cpu_count() or 1)
+
+
+def test_defaults_follow_the_cache_sizes():
+    xeon, epyc = _choices.derive(XEON), _choices.derive(EPYC)
+    assert xeon.fused_max_channel_bytes == (2 << 20) // 4
+    assert epyc.fused_max_channel_bytes == (512 << 10) // 4
+    # 32x64x56x56 float32: 392 KiB channels, 12.25 KiB runs, 25 MiB in all.
+    args = (32 * 56 * 56 * 4, 56 * 56 * 4, 32 * 64 * 56 * 56 * 4, 64)
+    assert xeon.fused(*args) and not epyc.fused(*args)
+    # Short runs (14x14 float32) stream poorly channel by channel: never fused by default.
+    assert not xeon.fused(64 * 196 * 4, 196 * 4, 64 * 256 * 196 * 4, 256)
+    # Too few channels to share out, or an input past glibc's mmap threshold.
+    assert not xeon.fused(4096 * 4, 4096 * 4, 8 * 4096 * 4, 8)
+    assert not xeon.fused(1 << 18, 1 << 14, 64 << 20, 256)
+
+
+def test_calibration_is_kept_per_cpu_model(tmp_path):
+    path = str(tmp_path / "tuning.json")
+    tuned = Choices(parallel_min_size=1 << 17, fused_max_channel_bytes=0, fused_min_run_bytes=1 << 30,
+                    fused_max_total=32 << 20, source="test")
+    _choices.save(tuned, EPYC, path)
+    loaded = _choices.load(EPYC, path)
+    assert (loaded.parallel_min_size, loaded.fused_max_channel_bytes) == (1 << 17, 0)
+    assert "calibrated" in loaded.source
+    assert _choices.load(XEON, path) == _choices.derive(XEON)  # another CPU: defaults
+
+
+@pytest.mark.parametrize("text", ["", "{", "[]", json.dumps({"cpu": "AMD EPYC"}),
+                                  json.dumps({"cpu": "AMD EPYC", "parallel_min_size": "x"})])
+def test_a_damaged_calibration_falls_back_to_defaults(tmp_path, text):
+    path = tmp_path / "tuning.json"
+    path.write_text(text)
+    assert _choices.load(EPYC, str(path)) == _choices.derive(EPYC)
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_every_kernel_choice_gives_the_same_bits(monkeypatch, layout, rng):
+    x = rng.standard_normal((16, 32, 24, 24)).astype(np.float32) * 3 + 7
+    if layout == "NHWC":
+        x = np.ascontiguousarray(np.moveaxis(x, 1, -1))
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    w = rng.standard_normal(32).astype(np.float32)
+    results = []
+    for fused_bytes, parallel_min in ((0, 1 << 30), (1 << 30, 1), (1 << 30, 1 << 30), (0, 1)):
+        choices = Choices(parallel_min, fused_bytes, 1, 1 << 40, "test")
+        monkeypatch.setattr(_choices, "CHOICES", choices)
+        monkeypatch.setattr(fastbn._jit, "PARALLEL_MIN_SIZE", parallel_min)
+        y, cache = fastbn.batch_norm_forward(x, w, layout=layout)
+        results.append((y, *fastbn.batch_norm_backward(dy, cache)))
+    if layout == "NCHW":  # the fused kernels did run for one setting
+        plan = fastbn._layout.Plan(x, 1)
+        monkeypatch.setattr(_choices, "CHOICES", Choices(1, 1 << 30, 1, 1 << 40, "test"))
+        assert functional._fused(plan, x, 2)
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            np.testing.assert_array_equal(a, b)
