@@ -10,7 +10,7 @@ than as machine noise. Cases and peers are shared with
 
 import numba
 
-from fastbn.benchmark import DTYPES, LARGE, LAYOUTS, OPS, SHAPES, Case, median_ms
+from fastbn.benchmark import DTYPES, LARGE, LAYOUTS, OPS, SHAPES, SMALL, Case, ratio, rounds
 
 
 class TimeOps:
@@ -49,20 +49,21 @@ class TimeThreads:
 
 
 class TrackCopies:
-    """Time of an op in parallel copies of the same array, same process."""
+    """Time of an op in parallel copies of the same array: the median of
+    per-round ratios over interleaved rounds (copy and op alternating, no
+    idle gap), so that a regression shows as a ratio, not as machine noise."""
 
-    params = (list(OPS), list(LAYOUTS), list(LARGE))
-    param_names = ["op", "layout", "shape"]
+    params = (list(OPS), list(LAYOUTS), list(DTYPES), list(LARGE + SMALL))
+    param_names = ["op", "layout", "dtype", "shape"]
     unit = "copies"
     timeout = 120
 
-    def setup(self, op, layout, shape):
-        self.case = Case(SHAPES[shape], layout, "float32")
+    def setup(self, op, layout, dtype, shape):
+        self.case = Case(SHAPES[shape], layout, dtype)
         self.fn = self.case.fastbn(op)
 
-    def track_copies(self, op, layout, shape):
-        copy = median_ms(self.case.copy, 21)
-        return median_ms(self.fn, 21) / copy
+    def track_copies(self, op, layout, dtype, shape):
+        return ratio(rounds({"copy": self.case.copy, "fastbn": self.fn}, 21), "fastbn", "copy")
 
 
 class PeakMemory:

@@ -1,7 +1,9 @@
 """Which kernel runs, decided from the machine's facts or a calibration.
 
 Every choice picks among kernels that give bit-identical results (task
-boundaries depend on the shape alone), so choices change speed only.
+boundaries and summation order depend on the shape alone), so choices
+change speed only: a calibration, another machine or another thread count
+never changes a result.
 
 * ``parallel_min_size``: inputs with fewer elements run the serial twin.
 * ``fused_max_channel_bytes``: the channel-per-task training kernels (one
@@ -10,10 +12,10 @@ boundaries depend on the shape alone), so choices change speed only.
   thread, x and dy for backward) fits in the per-core L2 cache; else each
   channel's second pass would come from memory and the two-pass kernels,
   which stream contiguous memory, win.
-* ``fused_min_run_bytes``: ... and when each channel's runs of contiguous
-  values (H*W of them) are long enough to stream: a channel-per-task pass
-  jumps C*H*W values after every run, and short runs leave the hardware
-  prefetchers idle (measured: 64x256x14x14 float32, 784-byte runs, fused
+  Runs of contiguous values (H*W of them) shorter than
+  :data:`fastbn.kernels.RUN_BYTES` always take the two-pass kernels, which
+  then walk memory in order (a channel-per-task pass jumps C*H*W values
+  after every run; measured: 64x256x14x14 float32, 784-byte runs, fused
   1.98 ms against 1.14 ms two-pass on an AMD EPYC).
 * ``fused_max_total``: ... and when the whole input is at most this large:
   larger fresh outputs are pages the OS zeroes on first touch (glibc maps
@@ -32,18 +34,16 @@ import os
 from dataclasses import asdict, dataclass, replace
 
 from ._machine import Machine, detect
+from .kernels import RUN_BYTES
 
 #: glibc's largest mmap threshold: fresh blocks above it come from mmap.
 MMAP_MAX = 32 << 20
-#: A page: hardware prefetchers stop at page boundaries.
-PAGE = 4096
 
 
 @dataclass(frozen=True)
 class Choices:
     parallel_min_size: int
     fused_max_channel_bytes: int
-    fused_min_run_bytes: int
     fused_max_total: int
     source: str
 
@@ -52,8 +52,7 @@ class Choices:
         whose channels hold ``channel_bytes`` (x, plus dy in backward) in
         runs of ``run_bytes``, ``total_bytes`` in all."""
         return (channels >= 16 and channel_bytes <= self.fused_max_channel_bytes
-                and run_bytes >= self.fused_min_run_bytes
-                and total_bytes <= self.fused_max_total)
+                and run_bytes >= RUN_BYTES and total_bytes <= self.fused_max_total)
 
 
 def derive(machine: Machine) -> Choices:
@@ -64,7 +63,6 @@ def derive(machine: Machine) -> Choices:
         # what other code keeps there (measured on an AMD EPYC, 512 KiB L2:
         # fused ahead up to 128 KiB channels, even at 256 KiB).
         fused_max_channel_bytes=machine.l2 // 4,
-        fused_min_run_bytes=PAGE,
         fused_max_total=MMAP_MAX,
         source=f"defaults from the machine's facts (L2 {machine.l2 >> 10} KiB per core)",
     )
@@ -92,7 +90,7 @@ def load(machine: Machine, path: str | None) -> Choices:
         if not isinstance(saved, dict) or saved.get("cpu") != machine.cpu:
             return base
         fields = {k: int(saved[k]) for k in ("parallel_min_size", "fused_max_channel_bytes",
-                                             "fused_min_run_bytes", "fused_max_total")}
+                                             "fused_max_total")}
     except (OSError, ValueError, KeyError, TypeError):
         return base
     return replace(base, **fields, source=f"calibrated by python -m fastbn tune ({path})")

@@ -84,8 +84,7 @@ def calibrate(repeat: int = 15, log: Callable[[str], None] = print) -> _choices.
                 parallel_min = size
                 break
     # Fused vs two-pass on inputs of TOTAL bytes (larger than most caches,
-    # like real activations): channel size at long runs (16 KiB), then run
-    # length at 64 KiB channels.
+    # like real activations), by channel size, at runs of 16 KiB.
     best_bytes = 0
     for kib in (32, 64, 128, 256, 512, 1024, 2048):
         n = max(1, kib * 1024 // (4 * 4096))
@@ -95,17 +94,7 @@ def calibrate(repeat: int = 15, log: Callable[[str], None] = print) -> _choices.
             best_bytes = kib * 1024
         elif best_bytes:
             break
-    min_run = base.fused_min_run_bytes
-    if best_bytes >= 64 * 1024:
-        min_run = 1 << 30
-        for s in (196, 784, 3136):
-            r = _fused_wins(64 * 1024 // (4 * s), TOTAL // (64 * 1024), s, repeat)
-            log(f"fused / two-pass, 64 KiB channels, {4 * s} B runs: {r:.2f}")
-            if r < MARGIN:
-                min_run = 4 * s
-                break
     return replace(base, parallel_min_size=parallel_min, fused_max_channel_bytes=best_bytes,
-                   fused_min_run_bytes=min_run,
                    source=f"calibrated at {threads} threads")
 
 

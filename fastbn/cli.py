@@ -38,6 +38,7 @@ def info(args: argparse.Namespace) -> int:
 
     parallel_copy(np.zeros(2), np.zeros(2))  # starts the threading layer
     from fastbn._choices import CHOICES as c, MACHINE as m
+    from fastbn.kernels import RUN_BYTES
 
     dirs = _cache_dirs()
     entries = sum(len(glob.glob(os.path.join(d, "kernels.*.nbi"))) for d in dirs)
@@ -53,8 +54,8 @@ def info(args: argparse.Namespace) -> int:
                    f"SIMD {8 * m.simd_bytes} bits"),
         ("kernel choices", c.source),
         ("  parallel from", f"{c.parallel_min_size} elements"),
-        ("  channel per task", f"channels of at most {c.fused_max_channel_bytes >> 10} KiB, runs of "
-                               f"at least {c.fused_min_run_bytes} B, inputs of at most "
+        ("  channel per task", f"channels of at most {c.fused_max_channel_bytes >> 10} KiB in runs "
+                               f"of at least {RUN_BYTES} B, inputs of at most "
                                f"{c.fused_max_total >> 20} MiB"),
         ("compile cache", ", ".join(dirs) or "none (caching unavailable)"),
         ("cache state", f"warm ({entries} kernel index files)" if entries else "cold (kernels compile on first use)"),

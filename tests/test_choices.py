@@ -78,8 +78,9 @@ def test_defaults_follow_the_cache_sizes():
     # 32x64x56x56 float32: 392 KiB channels, 12.25 KiB runs, 25 MiB in all.
     args = (32 * 56 * 56 * 4, 56 * 56 * 4, 32 * 64 * 56 * 56 * 4, 64)
     assert xeon.fused(*args) and not epyc.fused(*args)
-    # Short runs (14x14 float32) stream poorly channel by channel: never fused by default.
+    # Short runs (14x14 float32) stream poorly channel by channel: never fused.
     assert not xeon.fused(64 * 196 * 4, 196 * 4, 64 * 256 * 196 * 4, 256)
+    assert not Choices(1, 1 << 40, 1 << 40, "any").fused(64 * 196 * 4, 196 * 4, 1 << 20, 256)
     # Too few channels to share out, or an input past glibc's mmap threshold.
     assert not xeon.fused(4096 * 4, 4096 * 4, 8 * 4096 * 4, 8)
     assert not xeon.fused(1 << 18, 1 << 14, 64 << 20, 256)
@@ -87,7 +88,7 @@ def test_defaults_follow_the_cache_sizes():
 
 def test_calibration_is_kept_per_cpu_model(tmp_path):
     path = str(tmp_path / "tuning.json")
-    tuned = Choices(parallel_min_size=1 << 17, fused_max_channel_bytes=0, fused_min_run_bytes=1 << 30,
+    tuned = Choices(parallel_min_size=1 << 17, fused_max_channel_bytes=0,
                     fused_max_total=32 << 20, source="test")
     _choices.save(tuned, EPYC, path)
     loaded = _choices.load(EPYC, path)
@@ -106,22 +107,54 @@ def test_a_damaged_calibration_falls_back_to_defaults(tmp_path, text):
 
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
 def test_every_kernel_choice_gives_the_same_bits(monkeypatch, layout, rng):
-    x = rng.standard_normal((16, 32, 24, 24)).astype(np.float32) * 3 + 7
+    x = rng.standard_normal((8, 32, 32, 40)).astype(np.float32) * 3 + 7  # 5 KiB runs
     if layout == "NHWC":
         x = np.ascontiguousarray(np.moveaxis(x, 1, -1))
     dy = rng.standard_normal(x.shape).astype(np.float32)
     w = rng.standard_normal(32).astype(np.float32)
     results = []
     for fused_bytes, parallel_min in ((0, 1 << 30), (1 << 30, 1), (1 << 30, 1 << 30), (0, 1)):
-        choices = Choices(parallel_min, fused_bytes, 1, 1 << 40, "test")
+        choices = Choices(parallel_min, fused_bytes, 1 << 40, "test")
         monkeypatch.setattr(_choices, "CHOICES", choices)
         monkeypatch.setattr(fastbn._jit, "PARALLEL_MIN_SIZE", parallel_min)
         y, cache = fastbn.batch_norm_forward(x, w, layout=layout)
         results.append((y, *fastbn.batch_norm_backward(dy, cache)))
     if layout == "NCHW":  # the fused kernels did run for one setting
         plan = fastbn._layout.Plan(x, 1)
-        monkeypatch.setattr(_choices, "CHOICES", Choices(1, 1 << 30, 1, 1 << 40, "test"))
+        monkeypatch.setattr(_choices, "CHOICES", Choices(1, 1 << 30, 1 << 40, "test"))
         assert functional._fused(plan, x, 2)
     for other in results[1:]:
         for a, b in zip(results[0], other):
             np.testing.assert_array_equal(a, b)
+
+
+def test_thread_count_follows_the_usable_cpus(monkeypatch):
+    import sys
+
+    from fastbn import _threads
+
+    monkeypatch.setattr(_threads, "usable_cpus", lambda: 1)
+    monkeypatch.setattr(_threads.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    # Before Numba is imported: the environment sets the pool's size.
+    monkeypatch.delenv("NUMBA_NUM_THREADS", raising=False)
+    numba_module = sys.modules.pop("numba")
+    try:
+        assert _threads.limit_to_usable_cpus() == 1
+        assert os.environ["NUMBA_NUM_THREADS"] == "1"
+    finally:
+        sys.modules["numba"] = numba_module
+        monkeypatch.delenv("NUMBA_NUM_THREADS", raising=False)
+    # A user's NUMBA_NUM_THREADS is left alone.
+    monkeypatch.setenv("NUMBA_NUM_THREADS", "3")
+    assert _threads.limit_to_usable_cpus() is None
+    # Numba already imported: the importing thread's count is lowered.
+    monkeypatch.delenv("NUMBA_NUM_THREADS")
+    import numba
+
+    before = numba.get_num_threads()
+    try:
+        expected = 1 if before > 1 else None
+        assert _threads.limit_to_usable_cpus() == expected
+        assert numba.get_num_threads() == 1
+    finally:
+        numba.set_num_threads(before)
