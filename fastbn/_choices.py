@@ -58,7 +58,10 @@ class Choices:
 def derive(machine: Machine) -> Choices:
     """The default choices for ``machine`` (no calibration)."""
     return Choices(
-        parallel_min_size=1 << 15,
+        # A parallel launch wakes every thread (tens of microseconds on a
+        # shared VM): measured crossovers of the eval kernel were 64K-128K
+        # values on a 2-core AMD EPYC.
+        parallel_min_size=1 << 16,
         # A quarter of the L2: the rest holds the output being written and
         # what other code keeps there (measured on an AMD EPYC, 512 KiB L2:
         # fused ahead up to 128 KiB channels, even at 256 KiB).

@@ -25,7 +25,7 @@ FASTMATH = frozenset({"nsz", "arcp", "contract", "afn", "reassoc"})
 
 #: Inputs with fewer elements than this run the serial twin (set from the
 #: choices in force, :mod:`fastbn._choices`).
-PARALLEL_MIN_SIZE = 1 << 15
+PARALLEL_MIN_SIZE = 1 << 16
 
 _serial_only = False
 

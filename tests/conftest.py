@@ -38,3 +38,17 @@ def rng(request):
 # tests/mpi runs under mpiexec (launched by test_mpi.py), not in this process.
 if not any(k in os.environ for k in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK")):
     collect_ignore = ["mpi"]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _default_kernel_choices():
+    """Every test process sees the machine-derived defaults (not a local
+    ``python -m fastbn tune`` result), with the parallel twins taking inputs
+    from 32K elements, so that helpers.LARGE_DIMS exercise them."""
+    from fastbn import _choices, _jit
+
+    saved = _choices.CHOICES, _jit.PARALLEL_MIN_SIZE
+    _choices.CHOICES = _choices.derive(_choices.MACHINE)
+    _jit.PARALLEL_MIN_SIZE = 1 << 15
+    yield
+    _choices.CHOICES, _jit.PARALLEL_MIN_SIZE = saved
