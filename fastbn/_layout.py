@@ -4,13 +4,16 @@ Every tensor is first seen as ``(N, C, S)``, S the product of the spatial
 axes, with the channel axis where the layout puts it. The memory order then
 picks the kernel shape: a channel-innermost tensor (NHWC, or NCHW data stored
 channels last) becomes ``(N*S, C)`` for the ``_cl`` kernels, anything else
-stays ``(N, C, S)`` for the ``_cf`` kernels. Reshapes are views whenever the
+stays ``(N, C, S)`` for the ``_cf`` kernels, or for the ``walk`` reductions
+when a channel's runs of S values are short (``kernels.RUN_BYTES``). Reshapes are views whenever the
 strides allow; only inputs whose strides cannot be merged are copied.
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+from .kernels import RUN_BYTES
 
 LAYOUTS = ("NCHW", "NHWC")
 
@@ -53,19 +56,21 @@ class Plan:
         if x.flags.c_contiguous:  # the common case, decided without views
             last = axis == x.ndim - 1 or x.size == x.shape[0] * x.shape[axis]
             self.kind = "cl" if last else "cf"
-            return
-        v = _logical(x, axis)
-        self.kind = "cf"
-        if v.shape[2] == 1:
-            self.kind = "cl"
-        elif abs(v.strides[1]) < abs(v.strides[2]) and np.may_share_memory(_rows(v), x):
-            self.kind = "cl"
+        else:
+            v = _logical(x, axis)
+            self.kind = "cf"
+            if v.shape[2] == 1:
+                self.kind = "cl"
+            elif abs(v.strides[1]) < abs(v.strides[2]) and np.may_share_memory(_rows(v), x):
+                self.kind = "cl"
+        if self.kind == "cf" and x.size * x.itemsize < RUN_BYTES * x.shape[0] * x.shape[axis]:
+            self.kind = "walk"
 
     def view(self, a: np.ndarray) -> np.ndarray:
         """The kernel view of ``a`` (a copy if its strides do not allow one)."""
-        if a.flags.c_contiguous and (self.kind == "cf") == (self.axis < a.ndim - 1):
+        if a.flags.c_contiguous and (self.kind != "cl") == (self.axis < a.ndim - 1):
             c = a.shape[self.axis]
-            return a.reshape(a.shape[0], c, -1) if self.kind == "cf" else a.reshape(-1, c)
+            return a.reshape(a.shape[0], c, -1) if self.kind != "cl" else a.reshape(-1, c)
         v = _logical(a, self.axis)
         return _rows(v) if self.kind == "cl" else v
 

@@ -79,6 +79,15 @@ def _walk_tasks(na, nc, nb, itemsize):
 
 
 @helper
+def _as_dtype(v, dtype):
+    """``v.astype(dtype)`` as a plain loop (cheaper to compile)."""
+    out = np.empty(v.size, dtype)
+    for i in range(v.size):
+        out[i] = v[i]
+    return out
+
+
+@helper
 def _chan(n_a, mean_a, m2_a, n_b, mean_b, m2_b):
     """Merge (count, mean, M2) of two disjoint sets (Chan et al., 1979)."""
     if n_b == 0.0:
@@ -170,8 +179,10 @@ def _cl_sums(x, r0, r1, k0, center, s, s2):
     ``r0:r1`` and columns ``k0:k0 + len(center)``, into ``s`` and ``s2``.
     Four rows a step: the accumulators are read and written once per four."""
     kw = center.size
-    s[:] = 0
-    s2[:] = 0
+    for _i in range(s.size):
+        s[_i] = 0
+    for _i in range(s2.size):
+        s2[_i] = 0
     r = r0
     while r < r1:
         if r + 4 <= r1:
@@ -330,8 +341,10 @@ def _cl_moments(x, r0, r1, k0, mu, m2):
     s2 = np.empty(kw, x.dtype)
     t1 = np.zeros(kw)
     t2 = np.zeros(kw)
-    mu[:] = 0.0
-    m2[:] = 0.0
+    for _i in range(mu.size):
+        mu[_i] = 0.0
+    for _i in range(m2.size):
+        m2[_i] = 0.0
     pilot = min(PILOT_ROWS, r1 - r0)
     for r in range(r0, r0 + pilot):
         xr = x[r, k0:k0 + kw]
@@ -363,44 +376,58 @@ def _cl_moments(x, r0, r1, k0, mu, m2):
 
 
 @helper
+def _run_sums(xr, center):
+    """Sums of ``d`` and ``d**2``, ``d = xr - center``, in xr's dtype."""
+    s = center - center
+    s2 = s
+    for q in range(xr.size):
+        d = xr[q] - center
+        s += d
+        s2 += d * d
+    return s, s2
+
+
+@helper
 def _cf_walk_moments(x, a0, a1, c0, mu, m2):
     """(mean, M2) of channels ``c0:c0 + len(mu)`` over samples ``a0:a1`` of
-    an ``(A, C, B)`` view, walking memory in order: each run of B values (a block) is summed
-    about its channel's shift in x's dtype, and the runs are added up in
-    float64 while the shift stays; a run whose sums lost more than 2 bits to
-    cancellation moves its channel's shift to its own mean (as
-    :func:`_cl_moments`)."""
+    an ``(A, C, B)`` view (runs of B values shorter than :data:`BLOCK`),
+    walking memory in order: each run is summed about its channel's shift
+    in x's dtype, and the runs are added up in float64 while the shift
+    stays; a run whose sums lost more than 2 bits to cancellation moves its
+    channel's shift to its own mean (as :func:`_cl_moments`)."""
     nc, nb = mu.size, x.shape[2]
     shift = np.empty(nc, x.dtype)
     t1 = np.zeros(nc)
     t2 = np.zeros(nc)
     n = np.zeros(nc)
-    nt = np.zeros(nc)
+    nt = 0.0
     pilot = min(PILOT, nb)
     for c in range(nc):
-        s, _ = _cf_sums(x, c0 + c, a0 * nb, a0 * nb + pilot, x.dtype.type(0))
-        shift[c] = s / pilot
+        shift[c] = 0.0
         mu[c] = 0.0
         m2[c] = 0.0
+    cnt = np.float64(nb)
     for a in range(a0, a1):
         for c in range(nc):
-            for j in range(a * nb, a * nb + nb, BLOCK):
-                je = min(a * nb + nb, j + BLOCK)
-                cnt = np.float64(je - j)
-                s, s2 = _cf_sums(x, c0 + c, j, je, shift[c])
-                if _cancels(s, s2, cnt):
-                    mb, m2b = _block_moments(t1[c], t2[c], nt[c], np.float64(shift[c]))
-                    n[c], mu[c], m2[c] = _chan(n[c], mu[c], m2[c], nt[c], mb, m2b)
-                    t1[c] = t2[c] = nt[c] = 0.0
-                    shift[c] = x.dtype.type(shift[c] + s / cnt)
-                    s, s2 = _cf_sums(x, c0 + c, j, je, shift[c])
-                t1[c] += s
-                t2[c] += s2
-                nt[c] += cnt
+            xr = x[a, c0 + c]
+            if a == a0:  # the first run of a channel: shift to the mean of its pilot
+                shift[c] = x.dtype.type(_run_sums(xr[:pilot], shift[c])[0] / pilot)
+            for _ in range(2):  # a second time only after the shift moved
+                s, s2 = _run_sums(xr, shift[c])
+                if not _cancels(s, s2, cnt):
+                    break
+                mb, m2b = _block_moments(t1[c], t2[c], nt - n[c], np.float64(shift[c]))
+                n[c], mu[c], m2[c] = _chan(n[c], mu[c], m2[c], nt - n[c], mb, m2b)
+                t1[c] = 0.0
+                t2[c] = 0.0
+                shift[c] = x.dtype.type(shift[c] + s / cnt)
+            t1[c] += s
+            t2[c] += s2
+        nt += cnt
     for c in range(nc):
-        if nt[c]:
-            mb, m2b = _block_moments(t1[c], t2[c], nt[c], np.float64(shift[c]))
-            _, mu[c], m2[c] = _chan(n[c], mu[c], m2[c], nt[c], mb, m2b)
+        if nt > n[c]:
+            mb, m2b = _block_moments(t1[c], t2[c], nt - n[c], np.float64(shift[c]))
+            _, mu[c], m2[c] = _chan(n[c], mu[c], m2[c], nt - n[c], mb, m2b)
 
 
 @helper
@@ -408,61 +435,74 @@ def _cf_walk_grad_sums(dy, x, a0, a1, c0, center, s, sx):
     """float64 sums of ``dy`` and ``dy * (x - center)`` of channels
     ``c0:c0 + len(s)`` over samples ``a0:a1``, walking memory in order (see
     :func:`_cf_walk_moments`)."""
-    nc, nb = s.size, x.shape[2]
-    s[:] = 0.0
-    sx[:] = 0.0
+    for _i in range(s.size):
+        s[_i] = 0.0
+    for _i in range(sx.size):
+        sx[_i] = 0.0
     for a in range(a0, a1):
-        for c in range(nc):
-            for j in range(a * nb, a * nb + nb, BLOCK):
-                bs, bsx = _cf_grad_sums(dy, x, c0 + c, j, min(a * nb + nb, j + BLOCK),
-                                        center[c0 + c])
-                s[c] += bs
-                sx[c] += bsx
+        for c in range(s.size):
+            gr = dy[a, c0 + c]
+            xr = x[a, c0 + c]
+            mc = center[c0 + c]
+            bs = mc - mc
+            bsx = bs
+            for q in range(xr.size):
+                bs += gr[q]
+                bsx += gr[q] * (xr[q] - mc)
+            s[c] += bs
+            sx[c] += bsx
+
+
+@helper
+def _merge_all(part_mean, part_m2, total, size, mean, var, tasks):
+    """:func:`_merge_chunks` of every channel (its parts along axis 1)."""
+    n_c = part_mean.shape[0]
+    for c in range(n_c):
+        mean[c], var[c] = _merge_chunks(part_mean[c], part_m2[c], total, size)
 
 
 @kernel
 def stats_cf(x, mean, var, tasks):
     """Per-channel mean and biased variance of an ``(A, C, B)`` view into
-    float64 ``mean`` and ``var``: a task per chunk of a channel, or, for
-    short runs, a task per chunk of samples (see :data:`RUN_BYTES`)."""
+    float64 ``mean`` and ``var``, a task per chunk of a channel."""
     na, nc, nb = x.shape
     m = na * nb
-    walk = nb * x.itemsize < RUN_BYTES
-    if walk:
-        nch, spc, cw = _walk_tasks(na, nc, nb, x.itemsize)
-        size = spc * nb
-    else:
-        nch = _n_chunks(m, CHUNK, MAX_CHUNKS)
-        size = (m + nch - 1) // nch
+    nch = _n_chunks(m, CHUNK, MAX_CHUNKS)
+    size = (m + nch - 1) // nch
     part_mean = np.empty((nc, nch))
     part_m2 = np.empty((nc, nch))
-    if walk:
-        ncg = (nc + cw - 1) // cw
-        n_t = nch * ncg
-        ng = min(n_t, tasks)
-        for grp in prange(ng):
-            for t in range(grp * n_t // ng, (grp + 1) * n_t // ng):
-                k = t // ncg
-                c0 = (t - k * ncg) * cw
-                mu = np.empty(min(nc, c0 + cw) - c0)
-                m2 = np.empty(mu.size)
-                _cf_walk_moments(x, k * spc, min(na, k * spc + spc), c0, mu, m2)
-                part_mean[c0:c0 + mu.size, k] = mu
-                part_m2[c0:c0 + mu.size, k] = m2
-    else:
-        n_t = nc * nch
-        ng = min(n_t, tasks)
-        for grp in prange(ng):
-            for t in range(grp * n_t // ng, (grp + 1) * n_t // ng):
-                c = t // nch
-                k = t - c * nch
-                part_mean[c, k], part_m2[c, k] = _cf_moments(x, c, k * size,
-                                                             min(m, k * size + size))
-    n_c = nc
-    ng = min(n_c, tasks)
+    n_t = nc * nch
+    ng = min(n_t, tasks)
     for grp in prange(ng):
-        for c in range(grp * n_c // ng, (grp + 1) * n_c // ng):
-            mean[c], var[c] = _merge_chunks(part_mean[c], part_m2[c], m, size)
+        for t in range(grp * n_t // ng, (grp + 1) * n_t // ng):
+            c = t // nch
+            k = t - c * nch
+            part_mean[c, k], part_m2[c, k] = _cf_moments(x, c, k * size, min(m, k * size + size))
+    _merge_all(part_mean, part_m2, m, size, mean, var, tasks)
+
+
+@kernel
+def stats_walk(x, mean, var, tasks):
+    """As :func:`stats_cf`, for runs shorter than :data:`RUN_BYTES`: a task
+    per chunk of samples and group of channels, walking memory in order."""
+    na, nc, nb = x.shape
+    nch, spc, cw = _walk_tasks(na, nc, nb, x.itemsize)
+    part_mean = np.empty((nc, nch))
+    part_m2 = np.empty((nc, nch))
+    ncg = (nc + cw - 1) // cw
+    n_t = nch * ncg
+    ng = min(n_t, tasks)
+    for grp in prange(ng):
+        for t in range(grp * n_t // ng, (grp + 1) * n_t // ng):
+            k = t // ncg
+            c0 = (t - k * ncg) * cw
+            mu = np.empty(min(nc, c0 + cw) - c0)
+            m2 = np.empty(mu.size)
+            _cf_walk_moments(x, k * spc, min(na, k * spc + spc), c0, mu, m2)
+            for j in range(mu.size):
+                part_mean[c0 + j, k] = mu[j]
+                part_m2[c0 + j, k] = m2[j]
+    _merge_all(part_mean, part_m2, na * nb, spc * nb, mean, var, tasks)
 
 
 @kernel
@@ -488,8 +528,9 @@ def stats_cl(x, mean, var, tasks):
             mu = np.empty(kw)
             m2 = np.empty(kw)
             _cl_moments(x, r0, r1, k0, mu, m2)
-            part_mean[k0:k0 + kw, i] = mu
-            part_m2[k0:k0 + kw, i] = m2
+            for j in range(kw):
+                part_mean[k0 + j, i] = mu[j]
+                part_m2[k0 + j, i] = m2[j]
     n_k = nc
     ng = min(n_k, tasks)
     for grp in prange(ng):
@@ -500,53 +541,62 @@ def stats_cl(x, mean, var, tasks):
 @kernel
 def grad_sums_cf(dy, x, mean, sum_dy, sum_dy_xc, tasks):
     """Per-channel ``sum(dy)`` and ``sum(dy * (x - mean))`` over
-    ``(A, C, B)`` views (float64 ``mean`` and results); tasks as
+    ``(A, C, B)`` views (float64 ``mean`` and results), tasks as
     :func:`stats_cf`."""
     na, nc, nb = x.shape
     m = na * nb
-    walk = nb * x.itemsize < RUN_BYTES
-    if walk:
-        nch, spc, cw = _walk_tasks(na, nc, nb, x.itemsize)
-        size = spc * nb
-    else:
-        nch = _n_chunks(m, CHUNK, MAX_CHUNKS)
-        size = (m + nch - 1) // nch
+    nch = _n_chunks(m, CHUNK, MAX_CHUNKS)
+    size = (m + nch - 1) // nch
     part_dy = np.empty((nc, nch))
     part_dyx = np.empty((nc, nch))
-    center = mean.astype(x.dtype)
-    if walk:
-        ncg = (nc + cw - 1) // cw
-        n_t = nch * ncg
-        ng = min(n_t, tasks)
-        for grp in prange(ng):
-            for t in range(grp * n_t // ng, (grp + 1) * n_t // ng):
-                k = t // ncg
-                c0 = (t - k * ncg) * cw
-                s = np.empty(min(nc, c0 + cw) - c0)
-                sx = np.empty(s.size)
-                _cf_walk_grad_sums(dy, x, k * spc, min(na, k * spc + spc), c0, center, s, sx)
-                part_dy[c0:c0 + s.size, k] = s
-                part_dyx[c0:c0 + s.size, k] = sx
-    else:
-        n_t = nc * nch
-        ng = min(n_t, tasks)
-        for grp in prange(ng):
-            for t in range(grp * n_t // ng, (grp + 1) * n_t // ng):
-                c = t // nch
-                k = t - c * nch
-                part_dy[c, k], part_dyx[c, k] = _cf_grad_totals(
-                    dy, x, c, k * size, min(m, k * size + size), center[c])
-    n_c = nc
-    ng = min(n_c, tasks)
+    center = _as_dtype(mean, x.dtype)
+    n_t = nc * nch
+    ng = min(n_t, tasks)
     for grp in prange(ng):
-        for c in range(grp * n_c // ng, (grp + 1) * n_c // ng):
-            s = 0.0
-            sx = 0.0
-            for k in range(nch):
-                s += part_dy[c, k]
-                sx += part_dyx[c, k]
-            sum_dy[c] = s
-            sum_dy_xc[c] = sx - (mean[c] - np.float64(center[c])) * s
+        for t in range(grp * n_t // ng, (grp + 1) * n_t // ng):
+            c = t // nch
+            k = t - c * nch
+            part_dy[c, k], part_dyx[c, k] = _cf_grad_totals(
+                dy, x, c, k * size, min(m, k * size + size), center[c])
+    _sum_parts(part_dy, part_dyx, mean, center, sum_dy, sum_dy_xc)
+
+
+@kernel
+def grad_sums_walk(dy, x, mean, sum_dy, sum_dy_xc, tasks):
+    """As :func:`grad_sums_cf`, tasks as :func:`stats_walk`."""
+    na, nc, nb = x.shape
+    nch, spc, cw = _walk_tasks(na, nc, nb, x.itemsize)
+    part_dy = np.empty((nc, nch))
+    part_dyx = np.empty((nc, nch))
+    center = _as_dtype(mean, x.dtype)
+    ncg = (nc + cw - 1) // cw
+    n_t = nch * ncg
+    ng = min(n_t, tasks)
+    for grp in prange(ng):
+        for t in range(grp * n_t // ng, (grp + 1) * n_t // ng):
+            k = t // ncg
+            c0 = (t - k * ncg) * cw
+            s = np.empty(min(nc, c0 + cw) - c0)
+            sx = np.empty(s.size)
+            _cf_walk_grad_sums(dy, x, k * spc, min(na, k * spc + spc), c0, center, s, sx)
+            for j in range(s.size):
+                part_dy[c0 + j, k] = s[j]
+                part_dyx[c0 + j, k] = sx[j]
+    _sum_parts(part_dy, part_dyx, mean, center, sum_dy, sum_dy_xc)
+
+
+@helper
+def _sum_parts(part_dy, part_dyx, mean, center, sum_dy, sum_dy_xc):
+    """Per channel, the sums of the parts (axis 1, in order), the second
+    moved from ``center`` (x's dtype) to the float64 ``mean``."""
+    for c in range(part_dy.shape[0]):
+        s = 0.0
+        sx = 0.0
+        for k in range(part_dy.shape[1]):
+            s += part_dy[c, k]
+            sx += part_dyx[c, k]
+        sum_dy[c] = s
+        sum_dy_xc[c] = sx - (mean[c] - np.float64(center[c])) * s
 
 
 @kernel
@@ -573,10 +623,12 @@ def grad_sums_cl(dy, x, mean, sum_dy, sum_dy_xc, tasks):
             sx = np.zeros(kw)
             bs = np.empty(kw, x.dtype)
             bsx = np.empty(kw, x.dtype)
-            ck = mean[k0:k0 + kw].astype(x.dtype)
+            ck = _as_dtype(mean[k0:k0 + kw], x.dtype)
             for r0 in range(i * rsize, r1, rows):
-                bs[:] = 0
-                bsx[:] = 0
+                for _i in range(bs.size):
+                    bs[_i] = 0
+                for _i in range(bsx.size):
+                    bsx[_i] = 0
                 r = r0
                 re = min(r1, r0 + rows)
                 while r < re:
@@ -599,8 +651,9 @@ def grad_sums_cl(dy, x, mean, sum_dy, sum_dy_xc, tasks):
                 for k in range(kw):
                     s[k] += bs[k]
                     sx[k] += bsx[k]
-            part_dy[i, k0:k0 + kw] = s
-            part_dyx[i, k0:k0 + kw] = sx
+            for j in range(kw):
+                part_dy[i, k0 + j] = s[j]
+                part_dyx[i, k0 + j] = sx[j]
     n_k = nc
     ng = min(n_k, tasks)
     for grp in prange(ng):
@@ -760,11 +813,13 @@ def backward_cf(dy, x, mean, invstd, weight, count, sum_dy, sum_dy_xc, dx, tasks
                     dr[b] = g * gr[b] + h * (xr[b] - center) + e
 
 
+#: Kernels by step and memory order: "cf", "walk" (channels first with runs
+#: shorter than RUN_BYTES: only the reductions differ) and "cl".
 KERNELS = {
-    "stats": {"cf": stats_cf, "cl": stats_cl},
-    "grad_sums": {"cf": grad_sums_cf, "cl": grad_sums_cl},
-    "affine": {"cf": affine_cf, "cl": affine_cl},
-    "grad_input": {"cf": grad_input_cf, "cl": grad_input_cl},
+    "stats": {"cf": stats_cf, "walk": stats_walk, "cl": stats_cl},
+    "grad_sums": {"cf": grad_sums_cf, "walk": grad_sums_walk, "cl": grad_sums_cl},
+    "affine": {"cf": affine_cf, "walk": affine_cf, "cl": affine_cl},
+    "grad_input": {"cf": grad_input_cf, "walk": grad_input_cf, "cl": grad_input_cl},
     "fused_forward": {"cf": forward_cf},
     "fused_backward": {"cf": backward_cf},
     "update_running": {"any": update_running},
@@ -773,4 +828,5 @@ KERNELS = {
 
 def dispatchers() -> list:
     """Every Numba dispatcher of the package (for cache and compile checks)."""
-    return [d for group in KERNELS.values() for k in group.values() for d in k.dispatchers()]
+    every = {id(k): k for group in KERNELS.values() for k in group.values()}
+    return [d for k in every.values() for d in k.dispatchers()]
