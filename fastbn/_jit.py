@@ -58,10 +58,14 @@ TASKS_PER_THREAD = 4
 
 
 def parallel_threads(size: int) -> int:
-    """Threads a kernel over ``size`` elements should use (1: the serial twin)."""
+    """Threads a kernel over ``size`` elements should use (1: the serial
+    twin): none below :data:`PARALLEL_MIN_SIZE`, then one more per half of
+    it, so that a mid-sized input does not wake a large pool for little
+    work. The count never changes results."""
     if size < PARALLEL_MIN_SIZE or _serial_only:
         return 1
-    return numba.get_num_threads()
+    n = numba.get_num_threads()
+    return 1 if n == 1 else min(n, max(2, 2 * size // PARALLEL_MIN_SIZE))
 
 
 def use_parallel(size: int) -> bool:
@@ -134,14 +138,24 @@ class Kernel:
         """Run on ``args``; ``size`` (elements touched) picks the twin. The
         kernel's last argument, the number of task groups of its parallel
         loops, is added here."""
-        threads = parallel_threads(size)
+        return self.launch(parallel_threads(size), *args)
+
+    def launch(self, threads: int, *args):
+        """Run on ``args`` with ``threads`` threads (1: the serial twin; at
+        most the calling thread's Numba thread count)."""
         if threads == 1:
             return self.serial(*args, 1)
+        pool = numba.get_num_threads()
+        threads = min(threads, pool)
+        if threads < pool:
+            numba.set_num_threads(threads)
         old = numba.set_parallel_chunksize(1)
         try:
             return self.parallel(*args, TASKS_PER_THREAD * threads)
         finally:
             numba.set_parallel_chunksize(old)
+            if threads < pool:
+                numba.set_num_threads(pool)
 
     def dispatchers(self) -> tuple:
         return (self.parallel, self.serial)

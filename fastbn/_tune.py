@@ -8,14 +8,13 @@ whichever wins, so a calibration can only change speed.
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import replace
 from typing import Callable
 
 import numba
 import numpy as np
 
-from . import _choices, _jit
+from . import _choices
 from .benchmark import ratio, rounds
 from .kernels import KERNELS
 
@@ -27,28 +26,17 @@ TOTAL = 24 << 20
 
 
 def _train_forward(fused: bool, x: np.ndarray) -> Callable[[], object]:
-    """Training forward of the float64-free path: channel per task, or the
-    statistics then the normalization."""
+    """Training forward at all threads: channel per task, or the statistics
+    then the normalization."""
     c = x.shape[1]
     mean, var, y = np.empty(c), np.empty(c), np.empty_like(x)
     w, b = np.ones(c, x.dtype), np.zeros(c, x.dtype)
-    size = x.size
+    n = numba.get_num_threads()
     if fused:
         forward = KERNELS["fused_forward"]["cf"]
-        return lambda: forward(size, x, w, b, 1e-5, mean, var, y)
+        return lambda: forward.launch(n, x, w, b, 1e-5, mean, var, y)
     stats, affine = KERNELS["stats"]["cf"], KERNELS["affine"]["cf"]
-    return lambda: (stats(size, x, mean, var), affine(size, x, mean, var, w, b, 1e-5, y))
-
-
-@contextlib.contextmanager
-def _parallel_from(size: int):
-    """Let kernels over ``size`` elements or more run in parallel."""
-    old = _jit.PARALLEL_MIN_SIZE
-    _jit.PARALLEL_MIN_SIZE = size
-    try:
-        yield
-    finally:
-        _jit.PARALLEL_MIN_SIZE = old
+    return lambda: (stats.launch(n, x, mean, var), affine.launch(n, x, mean, var, w, b, 1e-5, y))
 
 
 def _fused_wins(n: int, c: int, s: int, repeat: int) -> float:
@@ -59,14 +47,15 @@ def _fused_wins(n: int, c: int, s: int, repeat: int) -> float:
 
 
 def _parallel_wins(size: int, repeat: int) -> float:
-    """Parallel over serial time of the eval kernel on ``size`` float32 values."""
+    """2 threads' time over 1 thread's, eval kernel, ``size`` float32 values
+    (the threshold where a second thread starts to pay; each further
+    thread then needs half as much again, see ``_jit.parallel_threads``)."""
     x = np.random.default_rng(0).standard_normal((size // 64, 64), dtype=np.float32)
     mean, var, y = np.zeros(64), np.ones(64), np.empty_like(x)
     w = b = np.empty(0, np.float32)
     affine = KERNELS["affine"]["cl"]
-    with _parallel_from(0):
-        t = rounds({"parallel": lambda: affine(x.size, x, mean, var, w, b, 1e-5, y),
-                    "serial": lambda: affine(0, x, mean, var, w, b, 1e-5, y)}, repeat)
+    t = rounds({"parallel": lambda: affine.launch(2, x, mean, var, w, b, 1e-5, y),
+                "serial": lambda: affine.launch(1, x, mean, var, w, b, 1e-5, y)}, repeat)
     return ratio(t, "parallel", "serial")
 
 
