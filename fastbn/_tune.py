@@ -68,7 +68,7 @@ def calibrate(repeat: int = 15, log: Callable[[str], None] = print) -> _choices.
         parallel_min = 1 << 22
         for size in (1 << k for k in range(12, 22)):
             r = _parallel_wins(size, repeat)
-            log(f"parallel / serial, {size} values: {r:.2f}")
+            log(f"2 threads / 1 thread, {size} values: {r:.2f}")
             if r < MARGIN:
                 parallel_min = size
                 break
