@@ -93,6 +93,15 @@ def _as_dtype(v, dtype):
 
 
 @helper
+def _cf_piece(t, nc, nq):
+    """(sample, channel, first value) of element-wise task ``t`` over an
+    ``(A, C, B)`` view whose rows are cut into ``nq`` pieces of ``CHUNK``."""
+    row = t // nq
+    a = row // nc
+    return a, row - a * nc, (t - row * nq) * CHUNK
+
+
+@helper
 def _chan(n_a, mean_a, m2_a, n_b, mean_b, m2_b):
     """Merge (count, mean, M2) of two disjoint sets (Chan et al., 1979)."""
     if n_b == 0.0:
@@ -384,6 +393,16 @@ def _run_sums(xr, center):
 
 
 @helper
+def _walk_task(t, na, nc, spc, cw):
+    """Task ``t`` of a walk (see :func:`_walk_tasks`): its sample chunk
+    ``k``, samples ``a0:a1`` and channels ``c0:c1``."""
+    ncg = (nc + cw - 1) // cw
+    k = t // ncg
+    c0 = (t - k * ncg) * cw
+    return k, k * spc, min(na, k * spc + spc), c0, min(nc, c0 + cw)
+
+
+@helper
 def _cf_walk_moments(x, a0, a1, c0, mu, m2):
     """(mean, M2) of channels ``c0:c0 + len(mu)`` over samples ``a0:a1`` of
     an ``(A, C, B)`` view (runs of B values shorter than :data:`BLOCK`),
@@ -485,16 +504,14 @@ def stats_walk(x, mean, var, tasks):
     nch, spc, cw = _walk_tasks(na, nc, nb, x.itemsize)
     part_mean = np.empty((nc, nch))
     part_m2 = np.empty((nc, nch))
-    ncg = (nc + cw - 1) // cw
-    n_t = nch * ncg
+    n_t = nch * ((nc + cw - 1) // cw)
     ng = min(n_t, tasks)
     for grp in prange(ng):
         for t in range(grp * n_t // ng, (grp + 1) * n_t // ng):
-            k = t // ncg
-            c0 = (t - k * ncg) * cw
-            mu = np.empty(min(nc, c0 + cw) - c0)
+            k, a0, a1, c0, c1 = _walk_task(t, na, nc, spc, cw)
+            mu = np.empty(c1 - c0)
             m2 = np.empty(mu.size)
-            _cf_walk_moments(x, k * spc, min(na, k * spc + spc), c0, mu, m2)
+            _cf_walk_moments(x, a0, a1, c0, mu, m2)
             for j in range(mu.size):
                 part_mean[c0 + j, k] = mu[j]
                 part_m2[c0 + j, k] = m2[j]
@@ -565,16 +582,14 @@ def grad_sums_walk(dy, x, mean, sum_dy, sum_dy_xc, tasks):
     part_dy = np.empty((nc, nch))
     part_dyx = np.empty((nc, nch))
     center = _as_dtype(mean, x.dtype)
-    ncg = (nc + cw - 1) // cw
-    n_t = nch * ncg
+    n_t = nch * ((nc + cw - 1) // cw)
     ng = min(n_t, tasks)
     for grp in prange(ng):
         for t in range(grp * n_t // ng, (grp + 1) * n_t // ng):
-            k = t // ncg
-            c0 = (t - k * ncg) * cw
-            s = np.empty(min(nc, c0 + cw) - c0)
+            k, a0, a1, c0, c1 = _walk_task(t, na, nc, spc, cw)
+            s = np.empty(c1 - c0)
             sx = np.empty(s.size)
-            _cf_walk_grad_sums(dy, x, k * spc, min(na, k * spc + spc), c0, center, s, sx)
+            _cf_walk_grad_sums(dy, x, a0, a1, c0, center, s, sx)
             for j in range(s.size):
                 part_dy[c0 + j, k] = s[j]
                 part_dyx[c0 + j, k] = sx[j]
@@ -661,10 +676,7 @@ def affine_cf(x, mean, var, weight, bias, eps, y, tasks):
     ng = min(n_t, tasks)
     for grp in prange(ng):
         for t in range(grp * n_t // ng, (grp + 1) * n_t // ng):
-            row = t // nq
-            b0 = (t - row * nq) * CHUNK
-            a = row // nc
-            c = row - a * nc
+            a, c, b0 = _cf_piece(t, nc, nq)
             mc = center[c]
             sc = scale[c]
             sh = shift[c]
@@ -702,10 +714,7 @@ def grad_input_cf(dy, x, mean, invstd, weight, sum_dy, sum_dy_xc, count, dx, tas
     ng = min(n_t, tasks)
     for grp in prange(ng):
         for t in range(grp * n_t // ng, (grp + 1) * n_t // ng):
-            row = t // nq
-            b0 = (t - row * nq) * CHUNK
-            a = row // nc
-            c = row - a * nc
+            a, c, b0 = _cf_piece(t, nc, nq)
             mc = center[c]
             g = k_dy[c]
             h = k_x[c]
