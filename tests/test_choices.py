@@ -131,30 +131,31 @@ def test_every_kernel_choice_gives_the_same_bits(monkeypatch, layout, rng):
 def test_thread_count_follows_the_usable_cpus(monkeypatch):
     import sys
 
+    import numba
+
     from fastbn import _threads
 
     monkeypatch.setattr(_threads, "usable_cpus", lambda: 1)
     monkeypatch.setattr(_threads.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
-    # Before Numba is imported: the environment sets the pool's size.
-    monkeypatch.delenv("NUMBA_NUM_THREADS", raising=False)
-    numba_module = sys.modules.pop("numba")
-    try:
-        assert _threads.limit_to_usable_cpus() == 1
-        assert os.environ["NUMBA_NUM_THREADS"] == "1"
-    finally:
-        sys.modules["numba"] = numba_module
-        monkeypatch.delenv("NUMBA_NUM_THREADS", raising=False)
-    # A user's NUMBA_NUM_THREADS is left alone.
-    monkeypatch.setenv("NUMBA_NUM_THREADS", "3")
-    assert _threads.limit_to_usable_cpus() is None
-    # Numba already imported: the importing thread's count is lowered.
-    monkeypatch.delenv("NUMBA_NUM_THREADS")
-    import numba
-
+    saved_env = os.environ.pop("NUMBA_NUM_THREADS", None)
     before = numba.get_num_threads()
     try:
-        expected = 1 if before > 1 else None
-        assert _threads.limit_to_usable_cpus() == expected
+        # Before Numba is imported: the environment sets the pool's size.
+        del sys.modules["numba"]
+        try:
+            assert _threads.limit_to_usable_cpus() == 1
+            assert os.environ.pop("NUMBA_NUM_THREADS") == "1"
+        finally:
+            sys.modules["numba"] = numba
+        # A user's NUMBA_NUM_THREADS is left alone.
+        os.environ["NUMBA_NUM_THREADS"] = "3"
+        assert _threads.limit_to_usable_cpus() is None
+        del os.environ["NUMBA_NUM_THREADS"]
+        # Numba already imported: the importing thread's count is lowered.
+        assert _threads.limit_to_usable_cpus() == (1 if before > 1 else None)
         assert numba.get_num_threads() == 1
     finally:
         numba.set_num_threads(before)
+        os.environ.pop("NUMBA_NUM_THREADS", None)
+        if saved_env is not None:
+            os.environ["NUMBA_NUM_THREADS"] = saved_env
