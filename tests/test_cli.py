@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -25,8 +26,9 @@ def test_info_reports_versions_threads_and_cache():
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     assert fastbn.__version__ in out
-    for key in ("numpy", "numba", "python", "threading layer", "threads", "cpu",
-                "compile cache", "cache state"):
+    for key in ("numpy", "numba", "python", "threading layer", "threads", "cpu", "caches",
+                "kernel choices", "parallel from", "channel per task", "compile cache",
+                "cache state"):
         assert key in out, out
 
 
@@ -59,3 +61,18 @@ def test_bench_writes_table_and_json(tmp_path):
     table = out_md.read_text()
     assert "| shape | layout |" in table and "8x16x8x8" in table
     assert "| 8x16x8x8 | NHWC | float32 | backward |" in proc.stdout
+
+
+def test_tune_keeps_its_calibration_beside_the_cache(tmp_path):
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
+    proc = subprocess.run([sys.executable, "-m", "fastbn", "tune", "--repeat", "1"],
+                          capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "fused / two-pass" in proc.stdout
+    saved = list(tmp_path.rglob("tuning.json"))
+    assert len(saved) == 1
+    data = json.loads(saved[0].read_text())
+    assert data["parallel_min_size"] >= 1 and data["fused_max_channel_bytes"] >= 0
+    info = subprocess.run([sys.executable, "-m", "fastbn", "info"], capture_output=True,
+                          text=True, timeout=600, env=env)
+    assert "calibrated by python -m fastbn tune" in info.stdout, info.stdout
