@@ -61,16 +61,11 @@ def parallel_threads(size: int) -> int:
     """Threads a kernel over ``size`` elements should use (1: the serial
     twin): none below :data:`PARALLEL_MIN_SIZE`, then one more per half of
     it, so that a mid-sized input does not wake a large pool for little
-    work. The count never changes results."""
+    work; :meth:`Kernel.launch` caps it at Numba's count. The count never
+    changes results."""
     if size < PARALLEL_MIN_SIZE or _serial_only:
         return 1
-    n = numba.get_num_threads()
-    return 1 if n == 1 else min(n, max(2, 2 * size // PARALLEL_MIN_SIZE))
-
-
-def use_parallel(size: int) -> bool:
-    """Whether a kernel over ``size`` elements should take the parallel twin."""
-    return parallel_threads(size) > 1
+    return max(2, 2 * size // PARALLEL_MIN_SIZE)
 
 
 def _fallback_cache_dir() -> str:
@@ -147,6 +142,8 @@ class Kernel:
             return self.serial(*args, 1)
         pool = numba.get_num_threads()
         threads = min(threads, pool)
+        if threads == 1:
+            return self.serial(*args, 1)
         if threads < pool:
             numba.set_num_threads(threads)
         old = numba.set_parallel_chunksize(1)

@@ -149,11 +149,6 @@ def _forward_args(x, weight, bias, training, running_mean, running_var, momentum
     return _Forward(x, axis, c, m, eps, momentum, weight, bias, rmean, rvar, out)
 
 
-def _vector_ok(v, c: int, in_place: bool) -> bool:
-    return v is None or (type(v) is np.ndarray and v.shape == (c,) and v.dtype.kind == "f"
-                         and (v.flags.writeable or not in_place))
-
-
 def _common_args(x, weight, bias, training, running_mean, running_var, momentum, eps, layout,
                  out) -> _Forward | None:
     """:func:`_forward_args` for the common case, in a few cheap tests: a
@@ -173,11 +168,10 @@ def _common_args(x, weight, bias, training, running_mean, running_var, momentum,
     stats_given = running_mean is not None
     if stats_given != (running_var is not None) or not (training or stats_given):
         return None
-    if not (_vector_ok(weight, c, False) and _vector_ok(bias, c, False)
-            and _vector_ok(running_mean, c, training) and _vector_ok(running_var, c, training)):
-        return None
-    return _Forward(x, axis, c, m, float(eps), float(momentum), weight, bias, running_mean,
-                    running_var, None)
+    vec = _checks.channel_vector  # its own fast path; raises as the full checks would
+    return _Forward(x, axis, c, m, float(eps), float(momentum), vec(weight, "weight", c),
+                    vec(bias, "bias", c), vec(running_mean, "running_mean", c, in_place=training),
+                    vec(running_var, "running_var", c, in_place=training), None)
 
 
 def batch_norm_forward(
