@@ -11,6 +11,7 @@ opens a parallel region).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import tempfile
@@ -18,6 +19,11 @@ import types
 from typing import Callable
 
 import numba
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX
+    fcntl = None
 
 #: LLVM fast-math flags: reassociation lets reductions vectorise, but no
 #: ``nnan``/``ninf`` so that NaN and Inf still propagate.
@@ -86,6 +92,31 @@ def _fallback_cache_dir() -> str:
     return path
 
 
+def _lock_cache_writes(dispatcher: numba.core.registry.CPUDispatcher) -> None:
+    """Make ``dispatcher``'s cache writes exclusive between processes.
+
+    Numba adds an entry by reading the function's index, picking the first
+    free data file name and writing both: two processes adding different
+    signatures of one function at once (``python -m fastbn warmup``, MPI
+    ranks, test workers) can pick the same name, and the index may then
+    point at another signature's code. An advisory lock beside the index
+    serializes the read-modify-write (numba's own files, private names:
+    without them, or without ``fcntl``, nothing is locked).
+    """
+    cache_file = getattr(getattr(dispatcher, "_cache", None), "_cache_file", None)
+    index = getattr(cache_file, "_index_path", None)
+    if fcntl is None or index is None:
+        return
+    save = cache_file.save
+
+    def save_locked(key, data):
+        with open(index + ".lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            save(key, data)
+
+    cache_file.save = save_locked
+
+
 def _cached_njit(func: Callable, **options) -> numba.core.registry.CPUDispatcher:
     """``numba.njit(cache=True)`` that survives a read-only install.
 
@@ -94,12 +125,14 @@ def _cached_njit(func: Callable, **options) -> numba.core.registry.CPUDispatcher
     per-user directory under the system temp dir.
     """
     try:
-        return numba.njit(cache=True, **options)(func)
+        dispatcher = numba.njit(cache=True, **options)(func)
     except RuntimeError as exc:
         if "no locator available" not in str(exc) or numba.config.CACHE_DIR:
             raise
         numba.config.CACHE_DIR = _fallback_cache_dir()
-        return numba.njit(cache=True, **options)(func)
+        dispatcher = numba.njit(cache=True, **options)(func)
+    _lock_cache_writes(dispatcher)
+    return dispatcher
 
 
 def _renamed(func: Callable, suffix: str) -> Callable:
@@ -118,26 +151,56 @@ def _renamed(func: Callable, suffix: str) -> Callable:
     return twin
 
 
+def _options() -> dict:
+    """Compile options of kernels and helpers. Kernels are called from
+    Python only and helpers from kernels only: no wrapper is built that
+    nothing calls (each costs a compile of its own, a fifth of a small
+    kernel's compile time)."""
+    return dict(nogil=True, fastmath=set(FASTMATH), error_model="numpy", no_cfunc_wrapper=True)
+
+
+#: While not None, kernel calls are recorded here instead of run
+#: (:func:`recording`).
+_recorded: list | None = None
+
+
+@contextlib.contextmanager
+def recording():
+    """Within this context kernel calls run nothing: each appends
+    ``(kernel, argument types)`` to the list yielded (what the call would
+    compile) and returns True. Results computed meanwhile are garbage; used
+    to list the signatures a workload compiles (``python -m fastbn warmup``)."""
+    global _recorded
+    saved, _recorded = _recorded, []
+    try:
+        yield _recorded
+    finally:
+        _recorded = saved
+
+
 class Kernel:
-    """A kernel's parallel and serial twins, dispatched on input size."""
+    """A kernel's parallel and serial twins, dispatched on input size
+    (``parallel`` is None for a kernel that never runs in parallel)."""
 
     __slots__ = ("parallel", "serial", "__name__")
 
-    def __init__(self, func: Callable):
-        options = dict(nogil=True, fastmath=set(FASTMATH), error_model="numpy")
-        self.parallel = _cached_njit(func, parallel=True, **options)
-        self.serial = _cached_njit(_renamed(func, "_serial"), **options)
+    def __init__(self, func: Callable, parallel: bool = True):
+        self.parallel = _cached_njit(func, parallel=True, **_options()) if parallel else None
+        self.serial = _cached_njit(_renamed(func, "_serial"), **_options())
         self.__name__ = func.__name__
 
     def __call__(self, size: int, *args):
         """Run on ``args``; ``size`` (elements touched) picks the twin. The
         kernel's last argument, the number of task groups of its parallel
         loops, is added here."""
-        return self.launch(parallel_threads(size), *args)
+        return self.launch(parallel_threads(size) if self.parallel else 1, *args)
 
     def launch(self, threads: int, *args):
         """Run on ``args`` with ``threads`` threads (1: the serial twin; at
         most the calling thread's Numba thread count)."""
+        if _recorded is not None:
+            _recorded.append((self, tuple(numba.typeof(a) for a in (*args, 1))))
+            return True
         if threads == 1:
             return self.serial(*args, 1)
         pool = numba.get_num_threads()
@@ -155,7 +218,7 @@ class Kernel:
                 numba.set_num_threads(pool)
 
     def dispatchers(self) -> tuple:
-        return (self.parallel, self.serial)
+        return (self.serial,) if self.parallel is None else (self.parallel, self.serial)
 
 
 def kernel(func: Callable) -> Kernel:
@@ -163,6 +226,11 @@ def kernel(func: Callable) -> Kernel:
     return Kernel(func)
 
 
+def serial_kernel(func: Callable) -> Kernel:
+    """Decorator for a kernel over O(C) data: a serial twin only."""
+    return Kernel(func, parallel=False)
+
+
 def helper(func: Callable) -> numba.core.registry.CPUDispatcher:
     """Decorator for small helpers called from kernels (never cached alone)."""
-    return numba.njit(nogil=True, fastmath=set(FASTMATH), error_model="numpy")(func)
+    return numba.njit(no_cpython_wrapper=True, **_options())(func)

@@ -66,13 +66,21 @@ class Plan:
         if self.kind == "cf" and x.size * x.itemsize < RUN_BYTES * x.shape[0] * x.shape[axis]:
             self.kind = "walk"
 
-    def view(self, a: np.ndarray) -> np.ndarray:
-        """The kernel view of ``a`` (a copy if its strides do not allow one)."""
+    def view(self, a: np.ndarray, writable: bool = False) -> np.ndarray:
+        """The kernel view of ``a`` (a copy if its strides do not allow one),
+        read-only unless ``writable``: kernels read their inputs through
+        read-only views whatever the caller's flag, so that a read-only
+        input compiles no kernel variant of its own."""
         if a.flags.c_contiguous and (self.kind != "cl") == (self.axis < a.ndim - 1):
             c = a.shape[self.axis]
-            return a.reshape(a.shape[0], c, -1) if self.kind != "cl" else a.reshape(-1, c)
-        v = _logical(a, self.axis)
-        return _rows(v) if self.kind == "cl" else v
+            v = a.reshape(a.shape[0], c, -1) if self.kind != "cl" else a.reshape(-1, c)
+        else:
+            v = _logical(a, self.axis)
+            v = _rows(v) if self.kind == "cl" else v
+        if v is a:
+            v = a.view()
+        v.flags.writeable = writable
+        return v
 
     def empty(self, dtype) -> np.ndarray:
         """A new array of the input's shape whose kernel view is a view."""
@@ -94,10 +102,10 @@ class Plan:
         ``out`` afterwards; else it is None.
         """
         if out is not None:
-            v = self.view(out)
+            v = self.view(out, writable=True)
             if np.may_share_memory(v, out):
                 return v, out, None
         fresh = self.empty(dtype)
         if out is None:
-            return self.view(fresh), fresh, None
-        return self.view(fresh), out, fresh
+            return self.view(fresh, writable=True), fresh, None
+        return self.view(fresh, writable=True), out, fresh

@@ -1,6 +1,7 @@
 """``python -m fastbn`` (also the ``fastbn`` console script).
 
-Subcommands: ``info`` (versions, threads, compile cache), ``bench`` (the
+Subcommands: ``info`` (versions, threads, compile cache), ``warmup`` and
+``cache`` (compile ahead, inspect or clear the compile cache), ``bench`` (the
 side-by-side comparison of :mod:`fastbn.benchmark`) and ``demo`` (the training
 demo of :mod:`fastbn.demo`).
 """
@@ -12,6 +13,7 @@ import glob
 import os
 import platform
 import sys
+import time
 from typing import Sequence
 
 import numba
@@ -63,6 +65,49 @@ def info(args: argparse.Namespace) -> int:
     width = max(len(k) for k, _ in lines)
     for key, value in lines:
         print(f"{key:<{width}}  {value}")
+    return 0
+
+
+def warmup(args: argparse.Namespace) -> int:
+    from fastbn import _warmup
+
+    start = time.perf_counter()
+    results = _warmup.warmup(args.layout, args.dtype, args.jobs, args.quiet)
+    compiled = sum(r[2] for r in results)
+    loaded = sum(r[3] for r in results)
+    if not args.quiet:
+        print(f"{compiled} kernel signatures compiled, {loaded} already in the cache, "
+              f"in {time.perf_counter() - start:.1f} s: {_warmup.cache_dir()}")
+    return 0
+
+
+def cache(args: argparse.Namespace) -> int:
+    from fastbn import _warmup
+
+    path = _warmup.cache_dir()
+    if path is None:
+        print("no compile cache: Numba cannot cache here (kernels compile in every process)")
+        return 0
+    if args.clear:
+        freed = _warmup.clear()
+        print(f"removed {freed / 1e6:.1f} MB of compiled kernels from {path}")
+        return 0
+    files = _warmup.cache_files()
+    size = sum(os.path.getsize(f) for f in files)
+    print(f"location  {path}")
+    print(f"size      {size / 1e6:.1f} MB in {len(files)} files")
+    sigs = _warmup.signatures(args.layout, args.dtype)
+    warm = 0
+    for (name, twin), types in sorted(sigs.items()):
+        state = [_warmup.is_cached(name, twin, t) for t in types]
+        warm += state.count(True)
+        word = "warm" if all(state) else "cold" if not any(state) else "partly warm"
+        if None in state:
+            word = "unknown"
+        print(f"  {name + ' (' + twin + ')':<28} {word} ({state.count(True)}/{len(state)})")
+    total = sum(len(t) for t in sigs.values())
+    print(f"{warm} of {total} signatures of {'/'.join(args.layout)} "
+          f"{'/'.join(args.dtype)} are cached; python -m fastbn warmup compiles the rest")
     return 0
 
 
@@ -119,6 +164,15 @@ def _positive_int_arg(text: str) -> int:
     return _positive_int(text)
 
 
+def _add_selection_arguments(parser: argparse.ArgumentParser) -> None:
+    from fastbn._warmup import DTYPES, LAYOUTS
+
+    parser.add_argument("--layout", nargs="+", choices=LAYOUTS, default=list(LAYOUTS),
+                        help="layouts (default: both)")
+    parser.add_argument("--dtype", nargs="+", choices=DTYPES, default=list(DTYPES),
+                        help="dtypes (default: both)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from fastbn.benchmark_report import add_arguments
 
@@ -136,6 +190,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeat", type=_positive_int_arg, default=15,
                    help="interleaved rounds per comparison (default 15)")
     p.set_defaults(func=tune)
+    p = sub.add_parser("warmup", help="compile every kernel into the cache ahead of use",
+                       description="Compile, in parallel processes, every kernel signature that "
+                                   "the layouts and dtypes asked for can use (C-contiguous "
+                                   "inputs of any rank), into the on-disk cache: later processes "
+                                   "start without waiting for the compiler. Safe to run while "
+                                   "other processes use or fill the same cache.")
+    _add_selection_arguments(p)
+    p.add_argument("--jobs", type=_positive_int_arg, default=None,
+                   help="worker processes (default: the usable cores)")
+    p.add_argument("--quiet", action="store_true", help="print nothing")
+    p.set_defaults(func=warmup)
+    p = sub.add_parser("cache", help="where the compile cache is, its size, warm or cold",
+                       description="Print the compile cache's location and size and, per "
+                                   "kernel, whether the signatures of the layouts and dtypes "
+                                   "asked for are cached; --clear removes fastbn's compiled "
+                                   "kernels (run it before pip uninstall: pip does not know "
+                                   "them).")
+    _add_selection_arguments(p)
+    p.add_argument("--clear", action="store_true", help="remove fastbn's compiled kernels")
+    p.set_defaults(func=cache)
     p = sub.add_parser("bench", help="compare fastbn with PyTorch, NumPy and a parallel copy")
     add_arguments(p)
     p.set_defaults(func=bench)

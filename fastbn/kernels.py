@@ -30,7 +30,7 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
-from ._jit import helper, kernel
+from ._jit import helper, kernel, serial_kernel
 
 #: Values per task (per channel for ``_cf``, in all for ``_cl``).
 CHUNK = 1 << 15
@@ -265,7 +265,7 @@ def _grad_table(x, mean, invstd, weight, sum_dy, sum_dy_xc, m):
     return center, k_dy, k_x, k_0
 
 
-@kernel
+@serial_kernel
 def update_running(mean, var, count, momentum, running_mean, running_var, tasks):
     """Exponential update of the running statistics (unbiased variance),
     only if every batch statistic is finite; returns whether they were."""
