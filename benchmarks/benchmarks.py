@@ -116,6 +116,33 @@ class TrackExtraMemory:
         return peak / self.case.x.nbytes
 
 
+def timeraw_cold_first_step(layout, dtype):
+    """Import plus a first training forward, backward and eval forward
+    (8x16x8x8) with an empty compile cache: what a first run waits for the
+    compiler (python -m fastbn warmup removes that wait)."""
+    shape = (8, 16, 8, 8) if layout == "NCHW" else (8, 8, 8, 16)
+    return f"""
+import os, shutil, tempfile
+cache = tempfile.mkdtemp()
+os.environ["NUMBA_CACHE_DIR"] = cache
+import numpy as np
+import fastbn
+x = np.random.default_rng(0).standard_normal({shape}).astype("{dtype}")
+bn = fastbn.BatchNorm(16, layout="{layout}", dtype=np.{dtype})
+y = bn.forward(x)
+bn.backward(np.ones_like(y))
+bn.eval()
+bn.forward(x)
+shutil.rmtree(cache)
+"""
+
+
+timeraw_cold_first_step.params = (["NCHW", "NHWC"], ["float32", "float64"])
+timeraw_cold_first_step.param_names = ["layout", "dtype"]
+timeraw_cold_first_step.repeat = (1, 3, 60.0)
+timeraw_cold_first_step.timeout = 300
+
+
 def timeraw_import_and_first_call():
     """Import plus a first forward and backward in a fresh interpreter.
 

@@ -20,6 +20,8 @@ from typing import Callable
 
 import numba
 
+from . import _background
+
 try:
     import fcntl
 except ImportError:  # pragma: no cover - not POSIX
@@ -182,12 +184,19 @@ class Kernel:
     """A kernel's parallel and serial twins, dispatched on input size
     (``parallel`` is None for a kernel that never runs in parallel)."""
 
-    __slots__ = ("parallel", "serial", "__name__")
+    __slots__ = ("parallel", "serial", "__name__", "jobs")
 
     def __init__(self, func: Callable, parallel: bool = True):
         self.parallel = _cached_njit(func, parallel=True, **_options()) if parallel else None
         self.serial = _cached_njit(_renamed(func, "_serial"), **_options())
         self.__name__ = func.__name__
+        #: Parallel signatures being compiled by the helper process
+        #: (:mod:`fastbn._background`), by argument types: job ids.
+        self.jobs: dict[tuple, int] = {}
+        if parallel and _background.ENABLED:
+            # A call that would compile raises instead (see _run_parallel);
+            # numba's disable_compile() refuses a dispatcher with no signature.
+            self.parallel._can_compile = False
 
     def __call__(self, size: int, *args):
         """Run on ``args``; ``size`` (elements touched) picks the twin. The
@@ -211,11 +220,43 @@ class Kernel:
             numba.set_num_threads(threads)
         old = numba.set_parallel_chunksize(1)
         try:
-            return self.parallel(*args, TASKS_PER_THREAD * threads)
+            return self._run_parallel(args, TASKS_PER_THREAD * threads)
         finally:
             numba.set_parallel_chunksize(old)
             if threads < pool:
                 numba.set_num_threads(pool)
+
+    def _run_parallel(self, args: tuple, tasks: int):
+        """The parallel twin on ``args``, unless it is not compiled yet: then
+        the helper process compiles it and the serial twin runs meanwhile
+        (where there is no helper, it compiles here, as usual)."""
+        if self.jobs:
+            self._load_finished()
+        try:
+            return self.parallel(*args, tasks)
+        except TypeError:  # no compiled signature (or a real type error)
+            if self.parallel._can_compile:
+                raise
+        types = tuple(numba.typeof(a) for a in (*args, 1))
+        if types not in self.jobs:
+            job = _background.submit(self.__name__, types)
+            if job is None:
+                self.parallel._can_compile = True
+                return self.parallel(*args, tasks)
+            self.jobs[types] = job
+        return self.serial(*args, 1)
+
+    def _load_finished(self) -> None:
+        """Load the signatures the helper has compiled into the cache (or
+        compile them here if it failed)."""
+        for types, job in list(self.jobs.items()):
+            if _background.finished(job):
+                del self.jobs[types]
+                self.parallel._can_compile = True
+                try:
+                    self.parallel.compile(types)
+                finally:
+                    self.parallel._can_compile = False
 
     def dispatchers(self) -> tuple:
         return (self.serial,) if self.parallel is None else (self.parallel, self.serial)

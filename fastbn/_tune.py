@@ -88,6 +88,9 @@ def calibrate(repeat: int = 15, log: Callable[[str], None] = print) -> _choices.
 
 
 def main(repeat: int = 15) -> int:
+    from . import _background
+
+    _background.ENABLED = False  # time the parallel twins, not their stand-ins
     choices = calibrate(repeat)
     path = _choices.tuning_path()
     if path is None:

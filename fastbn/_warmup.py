@@ -31,11 +31,13 @@ LAYOUTS = ("NCHW", "NHWC")
 DTYPES = ("float32", "float64")
 
 
-def _workload(layout: str, dtype: str) -> None:
+def _workload(layout: str, dtype: str, strided: bool) -> None:
     """Every public path over inputs of ``layout`` and ``dtype``: one shape
     per kernel family (walk, channels-first, channels-last), training with
     and without the channel-per-task kernels, eval, backward of both,
-    running statistics in x's dtype and in float64."""
+    running statistics in x's dtype and in float64; with ``strided``, also
+    over every other sample of such inputs (views the kernels cannot see as
+    contiguous, which compile variants of their own)."""
     from . import _choices, functional as F
 
     dt = np.dtype(dtype)
@@ -53,6 +55,7 @@ def _workload(layout: str, dtype: str) -> None:
         for shape, choices in ((s, c) for s in shapes for c in (none, every)):
             _choices.CHOICES = choices
             x = np.zeros(shape, dt)
+            x = np.zeros((2 * shape[0], *shape[1:]), dt)[::2] if strided else x
             c = shape[1] if layout == "NCHW" else shape[-1]
             for stats_dtype in (dt, np.float64):
                 rm, rv = np.zeros(c, stats_dtype), np.ones(c, stats_dtype)
@@ -67,16 +70,18 @@ def _workload(layout: str, dtype: str) -> None:
         _choices.CHOICES = saved
 
 
-def signatures(layouts: Iterable[str] = LAYOUTS, dtypes: Iterable[str] = DTYPES
-               ) -> dict[tuple[str, str], list[tuple]]:
+def signatures(layouts: Iterable[str] = LAYOUTS, dtypes: Iterable[str] = DTYPES,
+               strided: bool = False) -> dict[tuple[str, str], list[tuple]]:
     """``{(kernel name, "serial" or "parallel"): [argument types, ...]}``
-    that calls over ``layouts`` and ``dtypes`` can compile."""
+    that calls over ``layouts`` and ``dtypes`` can compile (with
+    ``strided``, also those of strided inputs)."""
     from . import _jit
 
     with _jit.recording() as calls, warnings.catch_warnings(), np.errstate(all="ignore"):
         for layout in layouts:
             for dtype in dtypes:
-                _workload(layout, dtype)
+                for variant in (False, True) if strided else (False,):
+                    _workload(layout, dtype, variant)
     found: dict[tuple[str, str], list[tuple]] = {}
     for kernel, types in calls:
         for twin in ("serial", "parallel") if kernel.parallel is not None else ("serial",):
@@ -117,7 +122,7 @@ def _progress(total: int, quiet: bool):
 
 
 def warmup(layouts: Iterable[str] = LAYOUTS, dtypes: Iterable[str] = DTYPES,
-           jobs: int | None = None, quiet: bool = False) -> list[tuple]:
+           strided: bool = False, jobs: int | None = None, quiet: bool = False) -> list[tuple]:
     """Compile every signature of :func:`signatures` into the cache, in
     ``jobs`` processes (default: the usable cores). Returns the per-task
     results of :func:`_compile`, slowest first."""
@@ -126,7 +131,7 @@ def warmup(layouts: Iterable[str] = LAYOUTS, dtypes: Iterable[str] = DTYPES,
 
     from ._choices import MACHINE
 
-    work = signatures(layouts, dtypes)
+    work = signatures(layouts, dtypes, strided)
     jobs = max(1, min(jobs or MACHINE.cpus, len(work)))
     # Parallel twins take longest: start them first.
     order = sorted(work, key=lambda k: (k[1] != "parallel", k[0]))

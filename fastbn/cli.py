@@ -72,7 +72,7 @@ def warmup(args: argparse.Namespace) -> int:
     from fastbn import _warmup
 
     start = time.perf_counter()
-    results = _warmup.warmup(args.layout, args.dtype, args.jobs, args.quiet)
+    results = _warmup.warmup(args.layout, args.dtype, args.strided, args.jobs, args.quiet)
     compiled = sum(r[2] for r in results)
     loaded = sum(r[3] for r in results)
     if not args.quiet:
@@ -96,7 +96,7 @@ def cache(args: argparse.Namespace) -> int:
     size = sum(os.path.getsize(f) for f in files)
     print(f"location  {path}")
     print(f"size      {size / 1e6:.1f} MB in {len(files)} files")
-    sigs = _warmup.signatures(args.layout, args.dtype)
+    sigs = _warmup.signatures(args.layout, args.dtype, args.strided)
     warm = 0
     for (name, twin), types in sorted(sigs.items()):
         state = [_warmup.is_cached(name, twin, t) for t in types]
@@ -171,6 +171,9 @@ def _add_selection_arguments(parser: argparse.ArgumentParser) -> None:
                         help="layouts (default: both)")
     parser.add_argument("--dtype", nargs="+", choices=DTYPES, default=list(DTYPES),
                         help="dtypes (default: both)")
+    parser.add_argument("--strided", action="store_true",
+                        help="also inputs that are strided views (e.g. x[::2], x[:, :16]), "
+                             "whose kernels are variants of their own")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,6 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+# Parallel twins compile in this process, as they always do without a
+# compile helper: tests that compare thread counts run what they name.
+# (tests/test_warmup.py tests the helper.)
+os.environ["FASTBN_BACKGROUND_COMPILE"] = "0"
+
 TESTS_DIR = Path(__file__).resolve().parent
 if str(TESTS_DIR) not in sys.path:  # also under --import-mode=importlib
     sys.path.insert(0, str(TESTS_DIR))
@@ -41,7 +46,19 @@ if not any(k in os.environ for k in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_R
 
 
 @pytest.fixture(autouse=True, scope="session")
-def _default_kernel_choices():
+def _warm_compile_cache():
+    """Compile every kernel signature the tests reach once, in parallel
+    worker processes, into the compile cache that this process and the
+    test subprocesses share (``python -m fastbn warmup --strided``); a warm
+    cache makes this a load. Tests of the cache itself use caches of their
+    own."""
+    from fastbn import _warmup
+
+    _warmup.warmup(strided=True, quiet=True)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _default_kernel_choices(_warm_compile_cache):
     """Every test process sees the machine-derived defaults (not a local
     ``python -m fastbn tune`` result), with the parallel twins taking inputs
     from 32K elements, so that helpers.LARGE_DIMS exercise them."""
