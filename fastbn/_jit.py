@@ -237,24 +237,24 @@ class Kernel:
         except TypeError:  # no compiled signature (or a real type error)
             if self.parallel._can_compile:
                 raise
-        types = tuple(numba.typeof(a) for a in (*args, 1))
-        if types not in self.jobs:
-            job = _background.submit(self.__name__, types)
+        sig = tuple(numba.typeof(a) for a in (*args, 1))
+        if sig not in self.jobs:
+            job = _background.submit(self.__name__, sig)
             if job is None:
                 self.parallel._can_compile = True
                 return self.parallel(*args, tasks)
-            self.jobs[types] = job
+            self.jobs[sig] = job
         return self.serial(*args, 1)
 
     def _load_finished(self) -> None:
         """Load the signatures the helper has compiled into the cache (or
         compile them here if it failed)."""
-        for types, job in list(self.jobs.items()):
+        for sig, job in list(self.jobs.items()):
             if _background.finished(job):
-                del self.jobs[types]
+                del self.jobs[sig]
                 self.parallel._can_compile = True
                 try:
-                    self.parallel.compile(types)
+                    self.parallel.compile(sig)
                 finally:
                     self.parallel._can_compile = False
 
