@@ -13,6 +13,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ._checks import describe
+
 _MPI_HINT = (
     "install mpi4py with an MPI library: pip install 'fastbn[mpi]' "
     "(or mpi4py built against your cluster's MPI)"
@@ -36,7 +38,8 @@ def communicator(comm):
     if comm is None:
         return MPI.COMM_WORLD
     if not isinstance(comm, MPI.Comm) or comm == MPI.COMM_NULL:
-        raise TypeError(f"comm must be an mpi4py communicator, got {type(comm).__name__}")
+        given = "MPI.COMM_NULL" if isinstance(comm, MPI.Comm) else describe(comm)
+        raise TypeError(f"comm must be an mpi4py communicator, got {given}")
     return comm
 
 
@@ -70,7 +73,8 @@ def exchange(comm, error: Exception | None, header: Any, payload: Any) -> list:
             raise _ERRORS.get(kind, RuntimeError)(f"rank {rank} of the communicator failed: {text}")
     headers = [h for _, h, _ in gathered]
     if any(h != headers[0] for h in headers):
-        raise ValueError(f"ranks disagree on (channels, dtype, layout): {headers}")
+        raise ValueError("ranks disagree on (channels, dtype, layout): expected the same on "
+                         f"every rank, got {headers} in rank order")
     return [p for _, _, p in gathered]
 
 

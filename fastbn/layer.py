@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import numbers
+from collections.abc import Mapping
 
 import numpy as np
 
 from . import _checks
-from .functional import BatchNormCache, batch_norm_backward, batch_norm_forward
+from .functional import BatchNormCache, _forward_call, batch_norm_backward
 
 __all__ = ["BatchNorm"]
 
@@ -56,14 +57,15 @@ class BatchNorm:
     ):
         if isinstance(num_features, bool) or not isinstance(num_features, numbers.Integral):
             raise TypeError(
-                f"num_features must be an int, got {type(num_features).__name__} {num_features!r}"
+                f"num_features must be an int, got {_checks.describe(num_features)}"
             )
         if num_features < 1:
             raise ValueError(f"num_features must be >= 1, got {num_features}")
         try:
             dtype = np.dtype(dtype)
-        except TypeError as exc:
-            raise TypeError(f"dtype must be float32 or float64, got {dtype!r}") from exc
+        except TypeError:
+            raise TypeError(f"dtype must be float32 or float64 (a NumPy dtype), "
+                            f"got {_checks.describe(dtype)}") from None
         if dtype not in _checks.FLOAT_DTYPES:
             raise TypeError(f"dtype must be float32 or float64, got {dtype}")
         self.num_features = int(num_features)
@@ -75,8 +77,6 @@ class BatchNorm:
         self.dtype = dtype
         c = self.num_features
         self.weight = np.ones(c, dtype) if affine else None
-        # Stands for an absent weight, so that the (collective) forward checks the channel count.
-        self._ones = np.ones(c, dtype)
         self.bias = np.zeros(c, dtype) if affine else None
         self.running_mean = np.zeros(c, dtype) if track_running_stats else None
         self.running_var = np.ones(c, dtype) if track_running_stats else None
@@ -96,7 +96,7 @@ class BatchNorm:
     def train(self, mode: bool = True) -> "BatchNorm":
         """Set training mode (``mode=False``: eval mode); returns the layer."""
         if not isinstance(mode, bool):
-            raise TypeError(f"mode must be a bool, got {type(mode).__name__} {mode!r}")
+            raise TypeError(f"mode must be a bool, got {_checks.describe(mode)}")
         self.training = mode
         return self
 
@@ -106,26 +106,16 @@ class BatchNorm:
 
     def forward(self, x) -> np.ndarray:
         """Normalize ``x``; in training, update the running statistics."""
-        comm = self._communicator()
-        if comm is None and not self.affine and self.running_mean is None:
-            self._check_channels(x)
         use_batch = self.training or self.running_mean is None
         update = self.training and self.running_mean is not None
         momentum = self.momentum
         if update and momentum is None:
             momentum = 1.0 / (self.num_batches_tracked + 1)
-        y, cache = batch_norm_forward(
-            x,
-            self.weight if self.affine else self._ones,
-            self.bias,
-            training=use_batch,
-            running_mean=self.running_mean if (update or not use_batch) else None,
-            running_var=self.running_var if (update or not use_batch) else None,
-            momentum=0.0 if momentum is None else momentum,
-            eps=self.eps,
-            layout=self.layout,
-            comm=comm,
-        )
+        stats = update or not use_batch
+        y, cache = _forward_call(
+            x, self.weight, self.bias, use_batch, self.running_mean if stats else None,
+            self.running_var if stats else None, 0.0 if momentum is None else momentum,
+            self.eps, self.layout, None, self._communicator(), self._check_input)
         if update and cache.stats_finite:
             self.num_batches_tracked += 1
         self._cache = cache
@@ -133,14 +123,10 @@ class BatchNorm:
 
     __call__ = forward
 
-    def _check_channels(self, x) -> None:
-        x = _checks.tensor(x)
-        axis, c = _checks.channels(x, self.layout)
-        if c != self.num_features:
-            raise ValueError(
-                f"expected {self.num_features} channels (num_features) on axis {axis} "
-                f"({self.layout}), got input of shape {x.shape} with {c}"
-            )
+    def _check_input(self, x) -> np.ndarray:
+        """``x`` checked against the layer (type, rank, channel count) before
+        anything else, so that a mismatch is named in the layer's terms."""
+        return _checks.layer_input(x, self)
 
     def _communicator(self):
         """The MPI communicator a forward synchronizes over (None: local)."""
@@ -152,7 +138,8 @@ class BatchNorm:
         Sets ``grad_weight`` and ``grad_bias`` (overwritten, not accumulated).
         """
         if self._cache is None:
-            raise RuntimeError("backward called before any forward: no input to differentiate")
+            raise RuntimeError("backward needs the input of a forward call, got none: "
+                               "call the layer on a batch first")
         dx, dweight, dbias = batch_norm_backward(dy, self._cache)
         if self.affine:
             self.grad_weight = dweight.astype(self.dtype)
@@ -177,6 +164,9 @@ class BatchNorm:
     def load_state_dict(self, state) -> None:
         """Load a state dict (values array-like, e.g. a PyTorch ``state_dict()``
         converted with ``.numpy()``); keys and shapes are checked first."""
+        if not isinstance(state, Mapping):
+            raise TypeError(f"state must be a dict of arrays like state_dict() returns, "
+                            f"got {type(state).__name__}")
         expected = set(self.state_dict())
         given = set(state)
         if given != expected:
@@ -185,16 +175,11 @@ class BatchNorm:
                 f"(missing {sorted(expected - given)}, unexpected {sorted(given - expected)})"
             )
         values = {
-            k: _checks.channel_vector(state[k], k, self.num_features)
+            k: _checks.channel_vector(state[k], f"state[{k!r}]", self.num_features)
             for k in _VECTORS if k in expected
         }
         if "num_batches_tracked" in expected:
-            count = np.asarray(state["num_batches_tracked"])
-            if count.size != 1 or count.dtype.kind not in "iu" or int(count.reshape(())) < 0:
-                raise ValueError(
-                    "num_batches_tracked must be one non-negative integer, "
-                    f"got array of shape {count.shape} and dtype {count.dtype}"
-                )
-            self.num_batches_tracked = int(count.reshape(()))
+            self.num_batches_tracked = _checks.count(state["num_batches_tracked"],
+                                                     "state['num_batches_tracked']")
         for k, v in values.items():
             getattr(self, k)[...] = v

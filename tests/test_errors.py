@@ -5,6 +5,8 @@ previous forward's cache)."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -323,3 +325,322 @@ def test_layer_without_vectors_checks_the_channel_count():
             bn(np.ones((4, 3, 2), np.float32))
         assert_message(excinfo, ("7",), ("3",), ("channels",))
         assert bn.num_batches_tracked == 0
+
+
+# ----------------------------------------------------------------------------
+# a layer's channel count, in the layer's terms (num_features, layout, axis)
+
+LAYER_KINDS = {f"affine={a}-track={t}": dict(affine=a, track_running_stats=t)
+               for a in (True, False) for t in (True, False)}
+
+# (layout, shape given to BatchNorm(32), the layout the hint suggests or None)
+MISMATCHES = [
+    ("NCHW", (8, 16, 4, 4), None),
+    ("NCHW", (8, 4, 4, 32), "NHWC"),  # an NHWC array given to an NCHW layer
+    ("NHWC", (8, 32, 4, 4), "NCHW"),
+    ("NHWC", (8, 4, 4, 16), None),
+    ("NCHW", (8, 16), None),  # rank 2: both layouts alike, no hint
+    ("NHWC", (2, 32, 16), "NCHW"),
+    ("NCHW", (2, 3, 5, 6, 32), "NHWC"),
+]
+
+
+def _layer_snapshot(bn):
+    snap = {k: np.array(v, copy=True) for k, v in bn.state_dict().items()}
+    snap.update(grad_weight=None if bn.grad_weight is None else bn.grad_weight.copy(),
+                grad_bias=None if bn.grad_bias is None else bn.grad_bias.copy(),
+                training=bn.training, cache=id(bn._cache))
+    return snap
+
+
+@pytest.mark.parametrize("layout,shape,hint", MISMATCHES,
+                         ids=[f"{l}-{'x'.join(map(str, s))}" for l, s, _ in MISMATCHES])
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("kind", list(LAYER_KINDS.values()), ids=list(LAYER_KINDS))
+def test_layer_channel_mismatch_names_num_features_and_the_axis(rng, kind, training, layout,
+                                                                shape, hint):
+    bn = fastbn.BatchNorm(32, layout=layout, **kind)
+    good = (4, 32, 3) if layout == "NCHW" else (4, 3, 32)
+    bn(rng.standard_normal(good).astype(np.float32))
+    bn.backward(np.ones(good, np.float32))
+    bn.train(training)
+    before = _layer_snapshot(bn)
+    axis = 1 if layout == "NCHW" else len(shape) - 1
+    expected = (f"BatchNorm(num_features=32, layout='{layout}') expects 32 channels on axis "
+                f"{axis} of a rank-{len(shape)} input, got shape {shape}")
+    if hint:
+        expected += f"; got an {hint}-shaped array? pass layout='{hint}'"
+    with pytest.raises(ValueError, match=f"^{re.escape(expected)}$"):
+        bn(np.ones(shape, np.float32))
+    unchanged(before, _layer_snapshot(bn))
+
+
+def test_functional_weight_mismatch_names_x_and_suggests_the_other_layout(rng):
+    s = FunctionalState(rng)  # x (4, 3, 5) NCHW: 5 channels if it were NHWC
+    with pytest.raises(ValueError, match=re.escape(
+            "weight must have shape (3,) to match the 3 channels of x (axis 1 of shape "
+            "(4, 3, 5)), got shape (5,); got an NHWC-shaped x? pass layout='NHWC'")):
+        s.fwd(weight=np.ones(5, np.float32))
+    with pytest.raises(ValueError, match=r"got shape \(7,\)$"):  # no other layout fits: no hint
+        s.fwd(bias=np.ones(7, np.float32))
+    s.check_unchanged()
+
+
+# ----------------------------------------------------------------------------
+# arrays of other libraries: one TypeError naming the type and the fix, never the data
+
+
+def _torch_like(torch, a, grad=False):
+    return torch.tensor(a, requires_grad=grad)
+
+
+# (id, call(s, as_tensor), argument name, written in place)
+TORCH_CASES = [
+    ("x", lambda s, T: s.fwd(T(s.x), out=None), "x", False),
+    ("x_requires_grad", lambda s, T: s.fwd(T(s.x, True), out=None), "x", False),
+    ("stats_x", lambda s, T: fastbn.batch_stats(T(s.x, True)), "x", False),
+    ("weight", lambda s, T: s.fwd(weight=T(s.w)), "weight", False),
+    ("weight_requires_grad", lambda s, T: s.fwd(weight=T(s.w, True)), "weight", False),
+    ("bias", lambda s, T: s.fwd(bias=T(s.b, True)), "bias", False),
+    ("running_mean_train", lambda s, T: s.fwd(running_mean=T(s.rm)), "running_mean", True),
+    ("running_var_eval", lambda s, T: s.fwd(training=False, running_var=T(s.rv)),
+     "running_var", False),
+    ("out", lambda s, T: s.fwd(out=T(s.out)), "out", True),
+    ("dy", lambda s, T: fastbn.batch_norm_backward(T(s.dy), s.cache), "dy", False),
+    ("dy_requires_grad", lambda s, T: fastbn.batch_norm_backward(T(s.dy, True), s.cache),
+     "dy", False),
+]
+
+
+def _assert_clean_type_error(excinfo, name, type_name, advice, data):
+    msg = str(excinfo.value)
+    assert msg.startswith(f"{name} must be "), msg
+    assert f"got {type_name}" in msg and advice in msg, msg
+    assert "tensor(" not in msg and f"{float(data.flat[0]):.4f}" not in msg, msg  # no data
+    # one exception: no chained traceback hiding the advice
+    assert excinfo.value.__cause__ is None
+    assert excinfo.value.__context__ is None or excinfo.value.__suppress_context__
+
+
+@pytest.mark.parametrize("call,name,in_place", [c[1:] for c in TORCH_CASES],
+                         ids=[c[0] for c in TORCH_CASES])
+def test_torch_tensors_are_refused_with_the_conversion(rng, call, name, in_place):
+    torch = pytest.importorskip("torch")
+    s = FunctionalState(rng)
+    with pytest.raises(TypeError) as excinfo:
+        call(s, lambda a, grad=False: _torch_like(torch, a, grad))
+    advice = "tensor.detach().numpy()" if in_place else ".detach().cpu().numpy()"
+    data = {"x": s.x, "dy": s.dy, "out": s.out, "weight": s.w, "bias": s.b,
+            "running_mean": s.rm, "running_var": s.rv}[name]
+    _assert_clean_type_error(excinfo, name, "torch.Tensor (shape", advice, data)
+    s.check_unchanged()
+
+
+def test_layer_refuses_torch_tensors_and_changes_nothing(rng):
+    torch = pytest.importorskip("torch")
+    s = LayerState(rng)
+    x = torch.tensor(s.x, requires_grad=True)
+    for call, name in ((lambda: s.bn(x), "x"), (lambda: s.bn(x.detach()), "x"),
+                       (lambda: s.bn.backward(torch.tensor(s.dy)), "dy")):
+        with pytest.raises(TypeError) as excinfo:
+            call()
+        _assert_clean_type_error(excinfo, name, "torch.Tensor", ".detach().cpu().numpy()", s.x)
+    state = {k: torch.from_numpy(np.asarray(v + 1)) for k, v in s.bn.state_dict().items()}
+    with pytest.raises(TypeError) as excinfo:
+        s.bn.load_state_dict(state)
+    _assert_clean_type_error(excinfo, "state['weight']", "torch.Tensor",
+                             ".detach().cpu().numpy()", s.bn.weight + 1)
+    numpy_state = {k: v.numpy() for k, v in state.items()}
+    with pytest.raises(TypeError, match=r"^state\['num_batches_tracked'\] must be a "
+                                        r"non-negative integer, got torch\.Tensor"):
+        s.bn.load_state_dict({**numpy_state, "num_batches_tracked": torch.tensor(3)})
+    s.check_unchanged()
+    with pytest.raises(TypeError, match=r"dtype must be float32 or float64 \(a NumPy dtype\), "
+                                        r"got torch\.dtype torch\.float32$") as excinfo:
+        fastbn.BatchNorm(3, dtype=torch.float32)
+    assert excinfo.value.__cause__ is None and excinfo.value.__suppress_context__
+
+
+class ArrayLike:
+    """An array of another library, as NumPy sees it: ``__array__`` only."""
+
+    def __init__(self, a):
+        self.a = a
+
+    def __array__(self, dtype=None, copy=None):
+        return self.a
+
+
+class DLPackOnly:
+    def __dlpack__(self, stream=None):
+        raise AssertionError("fastbn must not convert it")
+
+
+def test_other_array_libraries_and_masked_arrays_are_refused(rng):
+    s = FunctionalState(rng)
+    with pytest.raises(TypeError, match=r"^x must be a NumPy ndarray of float32 or float64, "
+                                        r"got test_errors\.ArrayLike; convert it with "
+                                        r"numpy\.asarray\(\)$") as excinfo:
+        s.fwd(ArrayLike(s.x), out=None)
+    assert excinfo.value.__context__ is None
+    with pytest.raises(TypeError, match=r"^weight must be .*got test_errors\.DLPackOnly; "):
+        s.fwd(weight=DLPackOnly())
+    masked = np.ma.masked_array(s.x, mask=s.x > 1)
+    with pytest.raises(TypeError, match=r"got numpy\.ma\.MaskedArray \(shape \(4, 3, 5\), "
+                                        r"dtype float32\); its masked values would count as "
+                                        r"valid: pass x\.filled\(value\)$"):
+        s.fwd(masked, out=None)
+    with pytest.raises(TypeError, match=r"^bias must be .*MaskedArray"):
+        s.fwd(bias=np.ma.masked_array(s.b))
+    s.check_unchanged()
+
+
+def test_python_sequences_are_still_converted(rng):
+    """Lists stay accepted where a value is only read (x, weight, bias, dy,
+    running statistics in eval mode)."""
+    x = rng.standard_normal((6, 3))
+    w, b, rm, rv = [1.0, 2.0, 0.5], [0.0, 1.0, -1.0], [0.1, 0.2, 0.3], [1.0, 2.0, 3.0]
+    arr = np.asarray
+    y, cache = fastbn.batch_norm_forward(x.tolist(), w, b)
+    y0, cache0 = fastbn.batch_norm_forward(x, arr(w), arr(b))
+    np.testing.assert_array_equal(y, y0)
+    for g, g0 in zip(fastbn.batch_norm_backward(x.tolist(), cache),
+                     fastbn.batch_norm_backward(x, cache0)):
+        np.testing.assert_array_equal(g, g0)
+    ye, _ = fastbn.batch_norm_forward(x, training=False, running_mean=rm, running_var=rv)
+    ye0, _ = fastbn.batch_norm_forward(x, training=False, running_mean=arr(rm),
+                                       running_var=arr(rv))
+    np.testing.assert_array_equal(ye, ye0)
+
+
+# ----------------------------------------------------------------------------
+# every other message: what was expected, what was given
+
+# (id, call, exception, regular expression the message must match)
+MESSAGE_CASES = [
+    ("x_ragged_list", lambda s: s.fwd([[1.0, 2.0], [3.0]], out=None), TypeError,
+     r"^x must be a NumPy ndarray of float32 or float64, got list of length 2, which NumPy "
+     r"cannot convert to an array$"),
+    ("x_int_list", lambda s: s.fwd([[1, 2], [3, 4]], out=None), TypeError,
+     r"got list of length 2 \(dtype int64 once converted\)$"),
+    ("x_int_array", lambda s: s.fwd(s.x.astype(np.int16), out=None), TypeError,
+     r"^x must be a NumPy ndarray of float32 or float64, got dtype int16$"),
+    ("x_rank1", lambda s: s.fwd(np.zeros(7, np.float32), out=None), ValueError,
+     r"^x: expected an input of rank 2 to 5, got rank 1 \(shape \(7,\)\)$"),
+    ("x_empty", lambda s: s.fwd(np.zeros((0, C), np.float32), out=None), ValueError,
+     r"^x: expected a non-empty batch, got shape \(0, 3\)$"),
+    ("x_one_value", lambda s: s.fwd(np.ones((1, C), np.float32), out=None), ValueError,
+     r"^x: expected more than 1 value per channel when training, got input of shape "
+     r"\(1, 3\) \(1 value per channel\)$"),
+    ("layout", lambda s: s.fwd(layout="nhwc"), ValueError,
+     r"^layout must be one of \('NCHW', 'NHWC'\), got 'nhwc'$"),
+    ("eps_type", lambda s: s.fwd(eps="1e-5"), TypeError,
+     r"^eps must be a positive real number, got str '1e-5'$"),
+    ("eps_value", lambda s: s.fwd(eps=-1.0), ValueError, r"^eps must be > 0, got -1\.0$"),
+    ("momentum_none", lambda s: s.fwd(momentum=None), TypeError,
+     r"^momentum must be a real number in \[0, 1\], got None$"),
+    ("momentum_value", lambda s: s.fwd(momentum=2), ValueError,
+     r"^momentum must be in \[0, 1\], got 2$"),
+    ("weight_ragged", lambda s: s.fwd(weight=[[1.0], [2.0, 3.0]]), TypeError,
+     r"^weight must be a NumPy array or a sequence of floats, got list of length 2, which "
+     r"NumPy cannot convert to an array$"),
+    ("weight_int_list", lambda s: s.fwd(weight=[1, 2, 3]), TypeError,
+     r"^weight must have a float dtype, got list of length 3 \(dtype int64 once converted\)$"),
+    ("bias_int", lambda s: s.fwd(bias=np.zeros(C, np.int8)), TypeError,
+     r"^bias must have a float dtype, got dtype int8$"),
+    ("running_mean_list_train", lambda s: s.fwd(running_mean=[0.0] * C), TypeError,
+     r"^running_mean must be a NumPy array \(it is updated in place\), got list of length 3$"),
+    ("running_var_readonly", lambda s: s.fwd(running_var=_ro(s.rv)), ValueError,
+     r"^running_var must be writable \(it is updated in place\), got a read-only array$"),
+    ("running_missing", lambda s: s.fwd(running_var=None), ValueError,
+     r"^running_mean and running_var: expected both or neither, got running_mean=an array, "
+     r"running_var=None$"),
+    ("running_eval", lambda s: s.fwd(training=False, running_mean=None, running_var=None),
+     ValueError, r"^running_mean and running_var: expected both \(eval mode normalizes with "
+                 r"them\), got running_mean=None, running_var=None$"),
+    ("out_list", lambda s: s.fwd(out=[0.0] * 3), TypeError,
+     r"^out must be a NumPy array, got list of length 3$"),
+    ("out_shape", lambda s: s.fwd(out=np.zeros((4, C), np.float32)), ValueError,
+     r"^out must have shape \(4, 3, 5\) and dtype float32 like x, got shape \(4, 3\) and "
+     r"dtype float32$"),
+    ("out_readonly", lambda s: s.fwd(out=_ro(s.out)), ValueError,
+     r"^out must be writable, got a read-only array$"),
+    ("out_overlap", lambda s: s.fwd(out=s.x), ValueError,
+     r"^out must not overlap x \(x is kept for the backward pass\), got an array that shares "
+     r"memory with x$"),
+    ("dy_ragged", lambda s: fastbn.batch_norm_backward([[1.0], [1.0, 2.0]], s.cache), TypeError,
+     r"^dy must be a NumPy array of shape \(4, 3, 5\) and dtype float32 like the forward "
+     r"input, got list of length 2, which NumPy cannot convert to an array$"),
+    ("dy_shape", lambda s: fastbn.batch_norm_backward(s.dy[:2], s.cache), ValueError,
+     r"^dy must have shape \(4, 3, 5\) and dtype float32 like the forward input, got shape "
+     r"\(2, 3, 5\) and dtype float32$"),
+    ("foreign_cache", lambda s: fastbn.batch_norm_backward(s.dy, {"x": s.x}), TypeError,
+     r"^cache must be the BatchNormCache returned by batch_norm_forward, got dict$"),
+]
+
+
+
+LAYER_MESSAGE_CASES = [
+    ("load_not_a_dict", lambda s: s.bn.load_state_dict([("weight", np.ones(C))]), TypeError,
+     r"^state must be a dict of arrays like state_dict\(\) returns, got list$"),
+    ("load_keys", lambda s: s.bn.load_state_dict({"weight": np.ones(C)}), ValueError,
+     r"^state dict keys: expected \['bias', 'num_batches_tracked', 'running_mean', "
+     r"'running_var', 'weight'\], got \['weight'\] \(missing \['bias', 'num_batches_tracked', "
+     r"'running_mean', 'running_var'\], unexpected \[\]\)$"),
+    ("load_shape", lambda s: s.bn.load_state_dict({**s.bn.state_dict(), "running_var": np.ones(4)}),
+     ValueError, r"^state\['running_var'\] must have shape \(3,\) \(num_features=3\), got shape "
+                 r"\(4,\)$"),
+    ("load_count_negative", lambda s: s.bn.load_state_dict(
+        {**s.bn.state_dict(), "num_batches_tracked": -1}), ValueError,
+     r"^state\['num_batches_tracked'\] must be one non-negative integer, got -1 \(dtype int64\)$"),
+    ("load_count_float", lambda s: s.bn.load_state_dict(
+        {**s.bn.state_dict(), "num_batches_tracked": 2.5}), ValueError,
+     r"got 2\.5 \(dtype float64\)$"),
+    ("load_count_many", lambda s: s.bn.load_state_dict(
+        {**s.bn.state_dict(), "num_batches_tracked": np.array([1, 2])}), ValueError,
+     r"got 2 values \(shape \(2,\)\)$"),
+    ("train_mode", lambda s: s.bn.train("eval"), TypeError,
+     r"^mode must be a bool, got str 'eval'$"),
+    ("x_int", lambda s: s.bn(np.ones(SHAPE, np.int32)), TypeError,
+     r"^x must be a NumPy ndarray of float32 or float64, got dtype int32$"),
+    ("x_rank6", lambda s: s.bn(np.ones((1, C, 1, 1, 1, 2), np.float32)), ValueError,
+     r"^x: expected an input of rank 2 to 5, got rank 6 \(shape \(1, 3, 1, 1, 1, 2\)\)$"),
+]
+
+
+MESSAGE_PARAMS = ([pytest.param(FunctionalState, *c[1:], id=c[0]) for c in MESSAGE_CASES]
+                  + [pytest.param(LayerState, *c[1:], id=f"layer-{c[0]}")
+                     for c in LAYER_MESSAGE_CASES])
+
+
+@pytest.mark.parametrize("state,call,exc_type,pattern", MESSAGE_PARAMS)
+def test_message_says_what_was_expected_and_what_was_given(rng, state, call, exc_type, pattern):
+    s = state(rng)
+    with pytest.raises(exc_type, match=pattern):
+        call(s)
+    s.check_unchanged()
+
+
+@pytest.mark.parametrize("args,kwargs,exc_type,pattern", [
+    ((3.0,), {}, TypeError, r"^num_features must be an int, got float 3\.0$"),
+    ((True,), {}, TypeError, r"^num_features must be an int, got bool True$"),
+    ((0,), {}, ValueError, r"^num_features must be >= 1, got 0$"),
+    ((3,), dict(dtype="float33"), TypeError,
+     r"^dtype must be float32 or float64 \(a NumPy dtype\), got str 'float33'$"),
+    ((3,), dict(dtype=np.int32), TypeError, r"^dtype must be float32 or float64, got int32$"),
+    ((3,), dict(eps=None), TypeError, r"^eps must be a positive real number, got None$"),
+    ((3,), dict(momentum="0.1"), TypeError,
+     r"^momentum must be a real number in \[0, 1\] or None, got str '0\.1'$"),
+    ((3,), dict(layout="NWHC"), ValueError,
+     r"^layout must be one of \('NCHW', 'NHWC'\), got 'NWHC'$"),
+], ids=["num_features_float", "num_features_bool", "num_features_0", "dtype_name", "dtype_int",
+        "eps_none", "momentum_str", "layout"])
+def test_constructor_message(args, kwargs, exc_type, pattern):
+    with pytest.raises(exc_type, match=pattern):
+        fastbn.BatchNorm(*args, **kwargs)
+
+
+def test_backward_before_forward_says_what_is_missing():
+    with pytest.raises(RuntimeError, match=r"^backward needs the input of a forward call, got "
+                                           r"none: call the layer on a batch first$"):
+        fastbn.BatchNorm(2).backward(np.ones((3, 2), np.float32))

@@ -197,6 +197,36 @@ def test_mismatch_raises_on_every_rank_and_changes_nothing(case):
     assert ok.num_batches_tracked == 1
 
 
+def test_channel_mismatch_names_num_features_on_every_rank():
+    """The layer checks its input before the ranks exchange their errors, so
+    every rank sees the message in the layer's terms."""
+    bn = fastbn.SyncBatchNorm(4)
+    good = np.ones((2, 4, 3, 3), np.float32) * (RANK + 1)
+    x = _rank_dependent(good, np.ones((2, 3, 3, 4), np.float32))  # NHWC-shaped on the last
+    expected = ("SyncBatchNorm(num_features=4, layout='NCHW') expects 4 channels on axis 1 of a "
+                "rank-4 input, got shape (2, 3, 3, 4); got an NHWC-shaped array? pass "
+                "layout='NHWC'")
+    with pytest.raises(ValueError) as e:
+        bn(x)
+    prefix = "" if RANK == SIZE - 1 else f"rank {SIZE - 1} of the communicator failed: "
+    assert str(e.value) == prefix + expected
+    assert bn.num_batches_tracked == 0
+    np.testing.assert_array_equal(bn.running_mean, np.zeros(4, np.float32))
+    bn.eval()  # no communication: each rank checks alone
+    with pytest.raises(ValueError) as e:
+        bn(np.ones((2, 3, 3, 4), np.float32))
+    assert str(e.value) == expected
+    bn.train()
+    bn(good)  # no collective left dangling
+    assert bn.num_batches_tracked == 1
+
+
+def test_null_communicator_is_named():
+    with pytest.raises(TypeError,
+                       match=r"^comm must be an mpi4py communicator, got MPI\.COMM_NULL$"):
+        fastbn.SyncBatchNorm(3, comm=MPI.COMM_NULL)
+
+
 def test_bad_dy_on_one_rank_raises_on_every_rank():
     bn = fastbn.SyncBatchNorm(3, dtype=np.float64)
     x = np.random.default_rng(RANK).standard_normal((4, 3))
