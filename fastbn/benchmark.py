@@ -13,6 +13,12 @@ read and write), eval 1 copy, backward 2 copies (read x and dy twice, write
 dx). The obvious NumPy implementation, 10-30 times slower, is timed outside
 the rounds, for a rough ratio only.
 
+Each row also keeps two signs of a busy machine, for the report to warn
+about: the spread of the roof's own per-round times (:func:`spread`), and
+the time of a parallel copy of 4 KiB timed after the case (``launch_ms``),
+a few microseconds when Numba's threads find a free core, a scheduler time
+slice (milliseconds) when they wait for one.
+
 Used by ``benchmarks/compare.py``, ``python -m fastbn bench`` and the asv
 suite (reports: :mod:`fastbn.benchmark_report`). PyTorch, tqdm and
 matplotlib are optional.
@@ -32,7 +38,8 @@ import numpy as np
 from .bench_cases import DTYPES, FLOORS, LARGE, LAYOUTS, OPS, SHAPES, SMALL, Case, parallel_copy
 
 __all__ = ["Case", "DTYPES", "FLOORS", "LARGE", "LAYOUTS", "OPS", "SHAPES", "SMALL", "Row",
-           "BusyRow", "median_ms", "parallel_copy", "ratio", "rounds", "run", "run_busy"]
+           "BusyRow", "launch_ms", "median_ms", "parallel_copy", "ratio", "rounds", "run",
+           "run_busy", "spread"]
 
 
 def median_ms(fn: Callable[[], object], repeat: int, min_time: float = 0.0) -> float:
@@ -86,9 +93,29 @@ def ratio(times: dict[str, np.ndarray], num: str, den: str) -> float:
     return float(np.median(times[num] / times[den]))
 
 
+def spread(times: np.ndarray) -> float:
+    """90th over 10th percentile of per-round times: near 1 when every
+    round ran alike; robust to one slow round, unlike max / median."""
+    p10, p90 = np.percentile(times, [10, 90])
+    return float(p90 / p10)
+
+
+_PROBE = (np.zeros(1024, np.float32), np.empty(1024, np.float32))
+
+
+def launch_ms() -> float:
+    """Median time in ms of a parallel copy of 4 KiB: the cost of waking
+    Numba's threads (microseconds), or of waiting for cores taken by
+    another process (milliseconds)."""
+    src, dst = _PROBE
+    return median_ms(lambda: parallel_copy(src, dst), 5)
+
+
 @dataclass
 class Row:
-    """One case: medians in ms, and medians of per-round ratios."""
+    """One case: medians in ms, and medians of per-round ratios; with
+    ``copy_spread`` (:func:`spread` of the roof's rounds) and ``launch_ms``
+    (:func:`launch_ms` after the case), the signs of a busy machine."""
 
     shape: str
     layout: str
@@ -100,6 +127,8 @@ class Row:
     torch_ms: float | None = None
     torch_over_fastbn: float | None = None
     numpy_ms: float | None = None
+    copy_spread: float | None = None
+    launch_ms: float | None = None
     floor_copies: float = field(init=False)
 
     def __post_init__(self):
@@ -157,7 +186,8 @@ def run(shapes: Iterable[str] = tuple(SHAPES), layouts: Iterable[str] = LAYOUTS,
                     fns["torch"] = fn
                 t = rounds(fns, repeat)
                 row = Row(shape, layout, dtype, op, 1e3 * float(np.median(t["copy"])),
-                          1e3 * float(np.median(t["fastbn"])), ratio(t, "fastbn", "copy"))
+                          1e3 * float(np.median(t["fastbn"])), ratio(t, "fastbn", "copy"),
+                          copy_spread=spread(t["copy"]), launch_ms=launch_ms())
                 if "torch" in t:
                     row.torch_ms = 1e3 * float(np.median(t["torch"]))
                     row.torch_over_fastbn = ratio(t, "torch", "fastbn")

@@ -1,12 +1,13 @@
-"""Reports of :mod:`fastbn.benchmark`: Markdown tables, the summary against
-the targets, a bar chart, and the command line of ``benchmarks/compare.py``
-and ``python -m fastbn bench``."""
+"""Reports of :mod:`fastbn.benchmark`: Markdown tables, the summary per
+shape group, the busy-machine warning, a bar chart, and the command line of
+``benchmarks/compare.py`` and ``python -m fastbn bench``."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import math
+import os
 from typing import Sequence
 
 import numba
@@ -88,6 +89,57 @@ def busy_summary(rows: Sequence[BusyRow]) -> str:
             f"({worst.shape} {worst.layout} {worst.dtype} {worst.op})")
 
 
+#: Above this spread (p90 / p10) of the roof's per-round times, a case ran on
+#: a busy machine. The roof is the same parallel copy of the same array in
+#: every round, so only the machine can move it. On the 2-core development
+#: machine, with one Numba thread beside another process on the other core,
+#: its spread stayed within 1.04-1.33 (six shapes, 25 rounds, twice each);
+#: with two threads, so that one waited for the busy core, a case reached
+#: 15.9. max / median is a worse sign: one slow round put it at 5.2 on a
+#: run whose p90 / p10 was 1.33.
+BUSY_SPREAD = 1.5
+
+#: Above this median time of a parallel copy of 4 KiB (``Row.launch_ms``),
+#: Numba's threads waited for a core. The copy itself takes microseconds
+#: (1-2 us at one thread on the development machine); waiting for a core
+#: held by another process takes a scheduler time slice (7.5 ms there, at
+#: two threads). A machine busy all the time stretches every round alike
+#: (there, five of those six cases kept a spread of 1.0-1.2 while each
+#: round waited 7-8 ms), so the spread misses it.
+BUSY_LAUNCH_MS = 0.5
+
+
+def _cases(rows: Sequence[Row], value, unit: str, most: int = 6) -> str:
+    worst = sorted(rows, key=value, reverse=True)
+    names = [f"{r.shape} {r.layout} {r.dtype} {r.op} ({value(r):.3g}{unit})" for r in worst[:most]]
+    more = f" and {len(rows) - most} more" if len(rows) > most else ""
+    return ", ".join(names) + more
+
+
+def busy_warning(rows: Sequence[Row], spread_max: float = BUSY_SPREAD,
+                 launch_max_ms: float = BUSY_LAUNCH_MS) -> str:
+    """Warning lines when the roof's own timings show a busy machine (empty
+    when they do not): cases whose roof spread exceeds ``spread_max``, and
+    cases after which a parallel launch took over ``launch_max_ms``."""
+    noisy = [r for r in rows if r.copy_spread is not None and r.copy_spread > spread_max]
+    stalled = [r for r in rows if r.launch_ms is not None and r.launch_ms > launch_max_ms]
+    lines = []
+    if noisy:
+        lines.append(
+            f"warning: the machine looked busy: the roof (a parallel copy) varied by more than "
+            f"{spread_max:g}x from round to round (p90/p10) in {len(noisy)} of {len(rows)} "
+            f"cases: {_cases(noisy, lambda r: r.copy_spread, 'x')}; their ratios may be "
+            "unreliable: rerun them on an idle machine")
+    if stalled:
+        lines.append(
+            f"warning: the machine looked busy: Numba's threads waited for a core (a parallel "
+            f"copy of 4 KiB took over {launch_max_ms:g} ms) after {len(stalled)} of {len(rows)} "
+            f"cases: {_cases(stalled, lambda r: r.launch_ms, ' ms')}; their times and ratios "
+            "may be unreliable: rerun on an idle machine or with fewer threads "
+            "(NUMBA_NUM_THREADS)")
+    return "\n".join(lines)
+
+
 def plot(rows: Sequence[Row], path: str) -> None:
     """Bar chart of each implementation's time in copies, floors marked."""
     import matplotlib
@@ -165,24 +217,24 @@ def main_from_args(args: argparse.Namespace) -> int:
     header = (f"fastbn {fastbn.__version__}, numba {numba.__version__}, "
               f"{numba.get_num_threads()} threads ({numba.threading_layer()} layer), "
               f"CPU: {cpu_model()}")
-    table = markdown(rows) + "\n" + summary(rows) + "\n"
-    if busy:
-        table += "\n" + busy_markdown(busy) + "\n" + busy_summary(busy) + "\n"
+    parts = [markdown(rows), summary(rows), busy_warning(rows), busy_markdown(busy),
+             busy_summary(busy)]
+    table = "\n\n".join(p.rstrip("\n") for p in parts if p) + "\n"
     print(header)
     print(table)
     if args.markdown:
         with open(args.markdown, "w") as fh:
             fh.write(header + "\n\n" + table)
-        print(f"wrote {args.markdown}")
+        print(f"wrote the table to {os.path.abspath(args.markdown)}")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"cpu": cpu_model(), "threads": numba.get_num_threads(),
                        "rows": [r.as_dict() for r in rows],
                        "busy": [vars(r) for r in busy]}, fh, indent=1)
-        print(f"wrote {args.json}")
+        print(f"wrote the rows to {os.path.abspath(args.json)}")
     if args.plot:
         plot(rows, args.plot)
-        print(f"wrote {args.plot}")
+        print(f"wrote the bar chart to {os.path.abspath(args.plot)}")
     return 0
 
 
