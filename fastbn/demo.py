@@ -17,6 +17,7 @@ Run it with ``python -m fastbn demo`` (needs ``pip install -e ".[demo]"``).
 
 from __future__ import annotations
 
+import importlib
 import math
 import numbers
 import os
@@ -476,8 +477,8 @@ def plot_history(result: dict[str, Any], path: str | os.PathLike) -> None:
     ax_acc.set_ylabel("accuracy (%)")
     ax_acc.set_ylim(0, 100)
     ax_acc.legend(loc="center right", fontsize=8)
-    hidden = "-".join(map(str, cfg["hidden"]))
-    fig.suptitle(f"digits, sigmoid MLP {hidden}, SGD lr={cfg['lr']:g}, batch {cfg['batch_size']}")
+    sizes = "-".join(map(str, cfg["sizes"]))
+    fig.suptitle(f"digits, sigmoid MLP {sizes}, SGD lr={cfg['lr']:g}, batch {cfg['batch_size']}")
     fig.savefig(path, dpi=110)
 
 
@@ -524,10 +525,12 @@ def run(
     Returns
     -------
     dict
-        ``config`` (the arguments), ``bn`` and ``plain`` (per-epoch lists
-        ``train_loss``, ``train_acc``, ``test_loss``, ``test_acc``,
-        ``seconds``, plus ``epochs_to_target``), ``models`` (the trained
-        ``Sequential`` of each) and ``wall_s``.
+        ``config`` (the arguments, and ``sizes``: the layer widths from the
+        input to the classes, e.g. 64-64-64-64-64-10), ``bn`` and
+        ``plain`` (per-epoch lists ``train_loss``, ``train_acc``,
+        ``test_loss``, ``test_acc``, ``seconds``, plus
+        ``epochs_to_target``), ``models`` (the trained ``Sequential`` of
+        each) and ``wall_s``.
 
     Raises
     ------
@@ -544,7 +547,7 @@ def run(
         raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
     if plot is not None:
         try:
-            import matplotlib.figure  # noqa: F401
+            importlib.import_module("matplotlib.figure")
         except ImportError as exc:
             raise ImportError(_INSTALL_HINT) from exc
     start = time.perf_counter()
@@ -593,7 +596,7 @@ def run(
         h["epochs_to_target"] = _epochs_to(h["test_acc"], TARGET_ACCURACY)
     result = {
         "config": {"epochs": epochs, "lr": lr, "seed": seed, "batch_size": batch_size,
-                   "hidden": tuple(hidden), "dtype": np.dtype(dtype).name,
+                   "hidden": tuple(hidden), "sizes": sizes, "dtype": np.dtype(dtype).name,
                    "target_accuracy": TARGET_ACCURACY},
         **histories,
         "models": models,

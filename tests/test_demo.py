@@ -132,8 +132,25 @@ def test_runs_without_tqdm(monkeypatch):
     pytest.importorskip("sklearn")
     monkeypatch.setitem(sys.modules, "tqdm.auto", None)
     out = io.StringIO()
-    demo.run(epochs=1, hidden=(16,), progress=True, file=out)
+    result = demo.run(epochs=1, hidden=(16,), progress=True, file=out)
     assert "|     1 |" in out.getvalue()
+    assert result["config"]["sizes"] == (64, 16, 10) and "MLP 64-16-10," in out.getvalue()
+
+
+def test_plot_title_names_the_whole_network(tmp_path, monkeypatch):
+    """The title gives every layer width, as the printed header does, not
+    the hidden widths alone."""
+    figure = pytest.importorskip("matplotlib.figure")
+    titles = []
+    suptitle = figure.Figure.suptitle
+    monkeypatch.setattr(figure.Figure, "suptitle",
+                        lambda self, t, **kw: titles.append(t) or suptitle(self, t, **kw))
+    history = {"train_loss": [1.0, 0.5], "train_acc": [0.5, 0.8], "test_acc": [0.6, 0.9]}
+    result = {"config": {"sizes": (64, 64, 64, 64, 64, 10), "hidden": (64, 64, 64, 64),
+                         "lr": 5.0, "batch_size": 64},
+              "bn": history, "plain": history}
+    demo.plot_history(result, tmp_path / "curves.png")
+    assert titles == ["digits, sigmoid MLP 64-64-64-64-64-10, SGD lr=5, batch 64"]
 
 
 def test_bad_run_arguments():
