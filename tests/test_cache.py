@@ -250,7 +250,7 @@ class ReadOnlyInstall:
             kw = dict(user=NOBODY, group=NOBODY, extra_groups=[])
         elif self.strategy == "nodac":
             prefix = (shutil.which("setpriv"), "--bounding-set", "-dac_override")
-        info = _run_workload(out, "small", env, script=self.script_dir / "workload.py",
+        info = _run_workload(out, "tiny", env, script=self.script_dir / "workload.py",
                              prefix=prefix, **kw)
         assert Path(info["fastbn_file"]).resolve().parent == (self.site / "fastbn").resolve()
         return info
@@ -300,9 +300,9 @@ def test_readonly_package_dir(readonly_install, home):
     home_dir = inst.home_ro if home == "unwritable_home" else inst.home_rw
     tmpdir = inst._writable(f"tmp_{home}")
     first = inst.run(f"out_{home}_1", home_dir, tmpdir)
-    _check_results(first, "small")
+    _check_results(first, "tiny")
     second = inst.run(f"out_{home}_2", home_dir, tmpdir)
-    _check_results(second, "small")
+    _check_results(second, "tiny")
     _assert_same_results(second["results"], first["results"])
     # the cache works there too: the second process compiles nothing
     _assert_compiled_nothing(second)

@@ -1,9 +1,10 @@
-"""Run by test_choices.py in a fresh process with an empty compile cache:
-every kernel choice must give the same bits. (A process that loads some
-kernels from the disk cache and compiles others can differ in the last bit,
-a known and separate issue; here all are compiled in this process.)
+"""Run by test_choices.py in a fresh process on the test session's warm
+compile cache: every kernel choice must give the same bits. Every kernel is
+loaded from the cache (the process reports what it compiled, which must be
+nothing): a process that loads some kernels and compiles others can differ
+in the last bit, a known and separate issue (docs/threads.md).
 
-Prints one JSON line: {layout: [[output name, equal], ...]}.
+Prints one JSON line: {layout: {...}, "compiled": {dispatcher: count}}.
 """
 
 import json
@@ -33,4 +34,6 @@ for layout in ("NCHW", "NHWC"):
     names = ("y", "mean", "var", "dx", "dweight", "dbias")
     out[layout] = {"fused": fused, "equal": [[n, bool(np.array_equal(a, b))] for other in results[1:]
                                              for n, a, b in zip(names, results[0], other)]}
+out["compiled"] = {d.py_func.__name__: n for d in fastbn.kernels.dispatchers()
+                   if (n := sum(d.stats.cache_misses.values()))}
 print(json.dumps(out))

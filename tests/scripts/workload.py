@@ -1,6 +1,6 @@
 """A fixed fastbn workload, run in a fresh process by test_processes.py.
 
-Usage: python workload.py OUTDIR {small,medium,full}
+Usage: python workload.py OUTDIR {tiny,small,medium,full}
 
 Writes OUTDIR/result.json: where fastbn and the numba cache were found, the
 numba cache statistics of every dispatcher of the package, and for every case
@@ -40,7 +40,9 @@ def cases(kind):
     """[(name, x, layout)], deterministic."""
     rng = np.random.default_rng(20240611)
     out = []
-    if kind in ("small", "medium"):
+    if kind == "tiny":  # serial kernels of one layout and dtype
+        specs = [(np.float32, "NCHW", (4, 3, 5, 6), "contiguous")]
+    elif kind in ("small", "medium"):
         specs = [(np.float32, "NCHW", (4, 3, 5, 6), "contiguous"),
                  (np.float32, "NCHW", (8, 3, 64, 64), "contiguous")]
         if kind == "medium":
