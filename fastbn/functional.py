@@ -123,7 +123,7 @@ def batch_stats(x, *, layout: str = "NCHW") -> tuple[np.ndarray, np.ndarray]:
         Chan et al.'s formula. Against a float64 two-pass reference: within
         1e-10 relative for float64 x; for float32 x, the variance within
         1e-4 relative and the mean within 1e-6 of the data's magnitude, also
-        when |mean| = 1e4 * std (measurements: the numerical stability page).
+        when ``|mean| = 1e4 * std`` (measurements: the numerical stability page).
     """
     x = _checks.tensor(x)
     axis, _ = _checks.channels(x, layout)
