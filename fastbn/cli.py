@@ -164,9 +164,11 @@ def _positive_int_arg(text: str) -> int:
     return _positive_int(text)
 
 
-def _add_selection_arguments(parser: argparse.ArgumentParser) -> None:
+def _cache_command(sub, name: str, func, help: str, description: str) -> argparse.ArgumentParser:
+    """A subcommand over a selection of kernel signatures (warmup, cache)."""
     from fastbn._warmup import DTYPES, LAYOUTS
 
+    parser = sub.add_parser(name, help=help, description=description)
     parser.add_argument("--layout", nargs="+", choices=LAYOUTS, default=list(LAYOUTS),
                         help="layouts (default: both)")
     parser.add_argument("--dtype", nargs="+", choices=DTYPES, default=list(DTYPES),
@@ -174,6 +176,8 @@ def _add_selection_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--strided", action="store_true",
                         help="also inputs that are strided views (e.g. x[::2], x[:, :16]), "
                              "whose kernels are variants of their own")
+    parser.set_defaults(func=func)
+    return parser
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -193,26 +197,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeat", type=_positive_int_arg, default=15,
                    help="interleaved rounds per comparison (default 15)")
     p.set_defaults(func=tune)
-    p = sub.add_parser("warmup", help="compile every kernel into the cache ahead of use",
-                       description="Compile, in parallel processes, every kernel signature that "
-                                   "the layouts and dtypes asked for can use (C-contiguous "
-                                   "inputs of any rank), into the on-disk cache: later processes "
-                                   "start without waiting for the compiler. Safe to run while "
-                                   "other processes use or fill the same cache.")
-    _add_selection_arguments(p)
+    p = _cache_command(sub, "warmup", warmup, "compile every kernel into the cache ahead of use",
+                       "Compile, in parallel processes, every kernel signature that the layouts "
+                       "and dtypes asked for can use (inputs of any rank), into the on-disk "
+                       "cache: later processes start without waiting for the compiler. Safe to "
+                       "run while other processes use or fill the same cache.")
     p.add_argument("--jobs", type=_positive_int_arg, default=None,
                    help="worker processes (default: the usable cores)")
     p.add_argument("--quiet", action="store_true", help="print nothing")
-    p.set_defaults(func=warmup)
-    p = sub.add_parser("cache", help="where the compile cache is, its size, warm or cold",
-                       description="Print the compile cache's location and size and, per "
-                                   "kernel, whether the signatures of the layouts and dtypes "
-                                   "asked for are cached; --clear removes fastbn's compiled "
-                                   "kernels (run it before pip uninstall: pip does not know "
-                                   "them).")
-    _add_selection_arguments(p)
+    p = _cache_command(sub, "cache", cache, "where the compile cache is, its size, warm or cold",
+                       "Print the compile cache's location and size and, per kernel, whether "
+                       "the signatures of the layouts and dtypes asked for are cached; --clear "
+                       "removes fastbn's compiled kernels (run it before pip uninstall: pip "
+                       "does not know them).")
     p.add_argument("--clear", action="store_true", help="remove fastbn's compiled kernels")
-    p.set_defaults(func=cache)
     p = sub.add_parser("bench", help="compare fastbn with PyTorch, NumPy and a parallel copy")
     add_arguments(p)
     p.set_defaults(func=bench)
