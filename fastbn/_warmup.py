@@ -102,6 +102,7 @@ def _compile(name: str, twin: str, sigs: list[tuple]) -> tuple[str, str, int, in
     """Compile (or load) ``sigs`` of one dispatcher: runs in a worker process.
     Returns ``(name, twin, compiled, loaded from the cache, seconds)``."""
     disp = dispatcher(name, twin)
+    disp._can_compile = True  # a parallel twin waiting for a helper (fastbn._background)
     start = time.perf_counter()
     for sig in sigs:
         disp.compile(sig)

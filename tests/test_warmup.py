@@ -23,8 +23,10 @@ WORKLOAD = Path(__file__).resolve().parent / "scripts" / "workload.py"
 
 
 def _env(cache: Path) -> dict:
+    """A user's environment (the helper process allowed) with its own cache."""
     env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_CACHE_DIR", "PYTHONPATH")}
-    return {**env, "NUMBA_CACHE_DIR": str(cache), "PYTHONPATH": str(PKG_ROOT)}
+    return {**env, "NUMBA_CACHE_DIR": str(cache), "PYTHONPATH": str(PKG_ROOT),
+            "FASTBN_BACKGROUND_COMPILE": "1"}
 
 
 def _fastbn(args, env, timeout=600):
@@ -139,7 +141,7 @@ def test_parallel_twin_compiled_in_the_background(tmp_path):
              "    hits=sum(k.parallel.stats.cache_hits.values()),\n"
              "    misses=sum(k.parallel.stats.cache_misses.values()),\n"
              "    serial=sum(k.serial.stats.cache_misses.values()))))\n")
-    env = dict(_env(tmp_path / "cache"), FASTBN_BACKGROUND_COMPILE="1")
+    env = _env(tmp_path / "cache")
     proc = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
