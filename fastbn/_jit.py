@@ -272,6 +272,14 @@ def serial_kernel(func: Callable) -> Kernel:
     return Kernel(func, parallel=False)
 
 
-def helper(func: Callable) -> numba.core.registry.CPUDispatcher:
-    """Decorator for small helpers called from kernels (never cached alone)."""
-    return numba.njit(no_cpython_wrapper=True, **_options())(func)
+def helper(func: Callable | None = None, *, inline: bool = False):
+    """Decorator for small helpers called from kernels (never cached alone).
+
+    A helper is compiled once per signature and called; ``inline=True``
+    instead splices its body into each caller at Numba's IR level, which
+    saves that compile where a helper has one call site per kernel, but
+    types the body again at every site (slower where there are several)."""
+    if func is None:
+        return lambda f: helper(f, inline=inline)
+    return numba.njit(no_cpython_wrapper=True, inline="always" if inline else "never",
+                      **_options())(func)

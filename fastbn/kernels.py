@@ -64,13 +64,13 @@ PILOT = 64
 PILOT_ROWS = 16
 
 
-@helper
+@helper(inline=True)
 def _n_chunks(total, per_chunk, most):
     n = (total + per_chunk - 1) // per_chunk
     return max(1, min(n, most))
 
 
-@helper
+@helper(inline=True)
 def _walk_tasks(na, nc, nb, itemsize):
     """How a walk in memory order over an ``(A, C, B)`` view is cut into
     tasks: ``(sample chunks, samples per chunk, channels per group)``. A
@@ -83,7 +83,7 @@ def _walk_tasks(na, nc, nb, itemsize):
     return (na + spc - 1) // spc, spc, cw
 
 
-@helper
+@helper(inline=True)
 def _as_dtype(v, dtype):
     """``v.astype(dtype)`` as a plain loop (cheaper to compile)."""
     out = np.empty(v.size, dtype)
@@ -92,7 +92,7 @@ def _as_dtype(v, dtype):
     return out
 
 
-@helper
+@helper(inline=True)
 def _cf_piece(t, nc, nq):
     """(sample, channel, first value) of element-wise task ``t`` over an
     ``(A, C, B)`` view whose rows are cut into ``nq`` pieces of ``CHUNK``."""
@@ -212,7 +212,7 @@ def _cl_sums(x, r0, r1, k0, center, s, s2):
         s2[k] = a2[k]
 
 
-@helper
+@helper(inline=True)
 def _affine_coeffs(x, c, mean, var, weight, bias, eps):
     """Channel ``c``'s ``(center, scale, shift)`` in x's dtype, for
     ``y = (x - center) * scale + shift``: the float64 mean's rounding to the
@@ -227,7 +227,7 @@ def _affine_coeffs(x, c, mean, var, weight, bias, eps):
     return center, x.dtype.type(scale), x.dtype.type(shift)
 
 
-@helper
+@helper(inline=True)
 def _grad_coeffs(x, c, mean, invstd, weight, sum_dy, sum_dy_xc, m):
     """Channel ``c``'s ``(center, k_dy, k_x, k_0)`` in x's dtype, for the
     training gradient ``dx = k_dy * dy + k_x * (x - center) + k_0``."""
@@ -239,7 +239,7 @@ def _grad_coeffs(x, c, mean, invstd, weight, sum_dy, sum_dy_xc, m):
     return center, t(k_dy), t(k_x), t(k_0)
 
 
-@helper
+@helper(inline=True)
 def _affine_table(x, mean, var, weight, bias, eps):
     """:func:`_affine_coeffs` of every channel, as three arrays of x's dtype."""
     nc = mean.size
@@ -251,7 +251,7 @@ def _affine_table(x, mean, var, weight, bias, eps):
     return center, scale, shift
 
 
-@helper
+@helper(inline=True)
 def _grad_table(x, mean, invstd, weight, sum_dy, sum_dy_xc, m):
     """:func:`_grad_coeffs` of every channel, as four arrays of x's dtype."""
     nc = mean.size
@@ -392,7 +392,7 @@ def _run_sums(xr, center):
     return s, s2
 
 
-@helper
+@helper(inline=True)
 def _walk_task(t, na, nc, spc, cw):
     """Task ``t`` of a walk (see :func:`_walk_tasks`): its sample chunk
     ``k``, samples ``a0:a1`` and channels ``c0:c1``."""
