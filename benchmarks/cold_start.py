@@ -23,24 +23,23 @@ import tempfile
 
 CHILD = r"""
 import json, sys, time
+t = time.perf_counter()
+import numpy as np
+import fastbn
+steps = [("import", time.perf_counter() - t, {})]
 from numba.core import event
+KERNELS = {d.py_func.__name__ for d in fastbn.kernels.dispatchers()}
 compiles = {}
 
 class Listener(event.Listener):
     def on_start(self, ev):
         ev.data["start"] = time.perf_counter()
     def on_end(self, ev):
-        d = ev.data["dispatcher"]
-        if d.py_func.__name__ in KERNELS:  # not the helpers they compile
-            compiles.setdefault(d.py_func.__name__, 0.0)
-            compiles[d.py_func.__name__] += time.perf_counter() - ev.data["start"]
+        name = ev.data["dispatcher"].py_func.__name__
+        if name in KERNELS:  # not the helpers they compile
+            compiles[name] = compiles.get(name, 0.0) + time.perf_counter() - ev.data["start"]
 
 event.register("numba:compile", Listener())
-t = time.perf_counter()
-import numpy as np
-import fastbn
-KERNELS = {d.py_func.__name__ for d in fastbn.kernels.dispatchers()}
-steps = [("import", time.perf_counter() - t, {})]
 shape = tuple(json.loads(sys.argv[1]))
 for layout, dtype in json.loads(sys.argv[2]):
     s = shape if layout == "NCHW" else (shape[0], *shape[2:], shape[1])

@@ -77,9 +77,10 @@ class Plan:
         else:
             v = _logical(a, self.axis)
             v = _rows(v) if self.kind == "cl" else v
-        if v is a:
-            v = a.view()
-        v.flags.writeable = writable
+        if not writable:
+            if v is a:
+                v = a.view()
+            v.setflags(write=False)
         return v
 
     def empty(self, dtype) -> np.ndarray:

@@ -88,22 +88,19 @@ def _moments(x: np.ndarray, plan: Plan) -> tuple[np.ndarray, np.ndarray]:
     return mean, var
 
 
-def _read_only(v: np.ndarray) -> np.ndarray:
-    v = v.view()
-    v.flags.writeable = False
-    return v
-
-
 #: Empty vectors stand for an absent weight or bias in kernel calls.
-_NONE = {np.dtype(t): _read_only(np.empty(0, t)) for t in (np.float32, np.float64)}
+_NONE = {np.dtype(np.float32): np.empty(0, np.float32), np.dtype(np.float64): np.empty(0)}
 
 
 def _param(v: np.ndarray | None, dtype: np.dtype) -> np.ndarray:
-    """weight or bias as the kernels take it: a read-only vector of x's
-    ``dtype`` (a view when it already is), so that each kernel compiles once
-    per input dtype; the per-channel coefficients are then computed in
-    float64."""
-    return _NONE[dtype] if v is None else _read_only(v.astype(dtype, copy=False))
+    """weight or bias as the kernels take it: a writable vector of x's
+    ``dtype`` (the array itself when it already is; a copy of a read-only
+    one), so that each kernel compiles once per input dtype; the
+    per-channel coefficients are then computed in float64."""
+    if v is None:
+        return _NONE[dtype]
+    v = v.astype(dtype, copy=False)
+    return v if v.flags.writeable else v.copy()
 
 
 def batch_stats(x, *, layout: str = "NCHW") -> tuple[np.ndarray, np.ndarray]:
