@@ -173,9 +173,9 @@ def _is_real(value) -> bool:
 
 def eps(value) -> float:
     if not _is_real(value):
-        raise TypeError(f"eps must be a positive real number, got {describe(value)}")
-    if not value > 0:
-        raise ValueError(f"eps must be > 0, got {value!r}")
+        raise TypeError(f"eps must be a real number >= 0, got {describe(value)}")
+    if not value >= 0 or value == float("inf"):
+        raise ValueError(f"eps must be a finite number >= 0, got {value!r}")
     return float(value)
 
 

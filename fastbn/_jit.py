@@ -29,7 +29,7 @@ except ImportError:  # pragma: no cover - not POSIX
 
 #: LLVM fast-math flags: reassociation lets reductions vectorise, but no
 #: ``nnan``/``ninf`` so that NaN and Inf still propagate.
-FASTMATH = frozenset({"nsz", "arcp", "contract", "afn", "reassoc"})
+FASTMATH = frozenset({"nsz", "contract", "afn", "reassoc"})
 
 #: Inputs with fewer elements than this run the serial twin (set from the
 #: choices in force, :mod:`fastbn._choices`).
@@ -272,14 +272,22 @@ def serial_kernel(func: Callable) -> Kernel:
     return Kernel(func, parallel=False)
 
 
-def helper(func: Callable | None = None, *, inline: bool = False):
+def helper(func: Callable | None = None, *, inline: bool = False, strict: bool = False):
     """Decorator for small helpers called from kernels (never cached alone).
 
     A helper is compiled once per signature and called; ``inline=True``
     instead splices its body into each caller at Numba's IR level, which
     saves that compile where a helper has one call site per kernel, but
-    types the body again at every site (slower where there are several)."""
+    types the body again at every site (slower where there are several).
+    ``strict=True`` compiles without fast-math flags: LLVM keeps them per
+    instruction, also once inlined into a kernel, and with ``reassoc`` and
+    ``nsz`` together it may rewrite the float64 merges of partial moments so
+    that a constant channel's mean comes out an ulp off (its variance 0, so
+    its output far from ``bias``); the merges are O(C) work."""
     if func is None:
-        return lambda f: helper(f, inline=inline)
+        return lambda f: helper(f, inline=inline, strict=strict)
+    options = _options()
+    if strict:
+        options["fastmath"] = False
     return numba.njit(no_cpython_wrapper=True, inline="always" if inline else "never",
-                      **_options())(func)
+                      **options)(func)

@@ -179,7 +179,7 @@ def _common_args(x, weight, bias, training, running_mean, running_var, momentum,
     checks run, and raise if they must). Small calls cost mostly this."""
     if not (type(x) is np.ndarray and x.dtype in _checks.FLOAT_DTYPES and out is None
             and 2 <= x.ndim <= 5 and x.size and (layout == "NCHW" or layout == "NHWC")
-            and type(eps) in (float, int) and eps > 0
+            and type(eps) in (float, int) and 0 <= eps < float("inf")
             and type(momentum) in (float, int) and 0 <= momentum <= 1):
         return None
     axis = 1 if layout == "NCHW" else x.ndim - 1
@@ -229,7 +229,7 @@ def batch_norm_forward(
         in eval mode.
     momentum : float in [0, 1]
         Weight of the current batch in the running statistics.
-    eps : float > 0
+    eps : float >= 0
         Added to the variance before the square root.
     layout : {"NCHW", "NHWC"}
         Channel axis 1 or last.
@@ -380,7 +380,8 @@ def batch_norm_backward(dy, cache: BatchNormCache, *, comm=None
     x, plan = cache.x, cache.plan
     c = cache.mean.size
     dtype = x.dtype
-    invstd = 1.0 / np.sqrt(cache.var + cache.eps)
+    with np.errstate(divide="ignore"):  # eps = 0 and a constant channel: inf, as in PyTorch
+        invstd = 1.0 / np.sqrt(cache.var + cache.eps)
     if sync is not None:
         error = None
         try:

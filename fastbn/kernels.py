@@ -101,7 +101,7 @@ def _cf_piece(t, nc, nq):
     return a, row - a * nc, (t - row * nq) * CHUNK
 
 
-@helper
+@helper(strict=True)
 def _chan(n_a, mean_a, m2_a, n_b, mean_b, m2_b):
     """Merge (count, mean, M2) of two disjoint sets (Chan et al., 1979)."""
     if n_b == 0.0:
@@ -112,7 +112,7 @@ def _chan(n_a, mean_a, m2_a, n_b, mean_b, m2_b):
     return n, mean_a + delta * frac, m2_a + m2_b + delta * delta * n_a * frac
 
 
-@helper
+@helper(strict=True)
 def _merge_chunks(chunk_mean, chunk_m2, total, size):
     """(mean, biased variance) of ``total`` values from the (mean, M2) of
     their consecutive chunks of ``size`` values (the last may be shorter)."""
@@ -125,7 +125,7 @@ def _merge_chunks(chunk_mean, chunk_m2, total, size):
     return mu, m2 / n
 
 
-@helper
+@helper(strict=True)
 def _block_moments(s, s2, nb, center):
     """(mean, M2) of a block from the sums of deviations about ``center``."""
     return center + s / nb, s2 - s * s / nb
@@ -218,7 +218,7 @@ def _affine_coeffs(x, c, mean, var, weight, bias, eps):
     ``y = (x - center) * scale + shift``: the float64 mean's rounding to the
     center is moved into the shift. Empty ``weight``/``bias`` mean ones and
     zeros."""
-    scale = 1.0 / np.sqrt(var[c] + eps)
+    scale = 1.0 / np.sqrt(var[c] + eps) if var[c] + eps > 0.0 else 0.0  # eps = 0, constant
     if weight.size:
         scale *= weight[c]
     shift = bias[c] if bias.size else 0.0
@@ -317,7 +317,7 @@ def _cf_grad_totals(dy, x, c, j0, j1, center):
     return s, sx
 
 
-@helper
+@helper(strict=True)
 def _fold(mu, m2, n, t1, t2, nt, shift):
     """Merge, per column, the float64 sums ``t1``, ``t2`` of ``nt`` deviations
     from ``shift`` into the (mean, M2) ``mu``, ``m2`` of ``n`` earlier values

@@ -106,3 +106,47 @@ def test_float64_many_values_large_offset(rng):
     rmean, rvar = ref.stats(x, "NHWC")
     np.testing.assert_allclose(mean, rmean, rtol=1e-10)
     np.testing.assert_allclose(var, rvar, rtol=1e-10)
+
+
+@pytest.mark.parametrize("path", ["two-pass serial", "two-pass parallel", "fused"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("shape", [(7, 5), (3, 5, 3, 7), (2, 16, 33, 40)],
+                         ids=["rank2", "short-runs", "long-runs"])
+def test_constant_channels_are_exact(rng, monkeypatch, shape, layout, dtype, path):
+    """A channel whose values are all equal: mean exactly that value,
+    variance exactly 0, output exactly bias (training and eval), whatever
+    the value's magnitude, also with eps = 0, on every kernel path (the
+    walk, channels-first and channels-last reductions, fused or not, serial
+    or parallel). MyGrad's property tests found an ulp off here."""
+    from dataclasses import replace
+
+    from fastbn import _choices, _jit
+
+    fused = path == "fused"
+    monkeypatch.setattr(_jit, "PARALLEL_MIN_SIZE", 1 if path != "two-pass serial" else 1 << 40)
+    monkeypatch.setattr(_choices, "CHOICES", replace(
+        _choices.CHOICES, fused_max_channel_bytes=(1 << 40) * fused, fused_max_total=1 << 40))
+    if layout == "NHWC" and len(shape) == 4:
+        shape = (shape[0], shape[2], shape[3], shape[1])
+    ax = ref.channel_axis(len(shape), layout)
+    C = shape[ax]
+    for trial in range(6):
+        value = (rng.standard_normal(C) * 10.0 ** rng.integers(-6, 9, C)).astype(dtype)
+        value[0] = dtype(699050.78)
+        x = np.broadcast_to(value.reshape(channel_shape(len(shape), layout, C)), shape).copy()
+        bias = rng.standard_normal(C).astype(dtype)
+        weight = rng.standard_normal(C).astype(dtype)
+        for eps in (1e-20, 0.0):
+            rm, rv = np.zeros(C), np.ones(C)
+            y, cache = fastbn.batch_norm_forward(x, weight, bias, eps=eps, layout=layout,
+                                                 running_mean=rm, running_var=rv)
+            expected = np.broadcast_to(bias.reshape(channel_shape(len(shape), layout, C)), shape)
+            np.testing.assert_array_equal(cache.mean, value.astype(np.float64))
+            np.testing.assert_array_equal(cache.var, 0.0)
+            np.testing.assert_array_equal(y, expected)
+            # eval with those running statistics after a full update
+            rm[...], rv[...] = value, 0.0
+            y, _ = fastbn.batch_norm_forward(x, weight, bias, training=False, eps=eps,
+                                             running_mean=rm, running_var=rv, layout=layout)
+            np.testing.assert_array_equal(y, expected)
