@@ -250,11 +250,13 @@ def count(value, name: str) -> int:
     return int(arr.reshape(()))
 
 
-def out_array(out, x: np.ndarray):
+def out_array(out, x: np.ndarray, receives: str = "y", read: tuple = ()):
+    """``out`` checked to receive ``receives`` (x's shape and dtype, writable,
+    overlapping neither x nor the ``(name, array)`` pairs of ``read``)."""
     if out is None:
         return None
     if _foreign(out):
-        raise foreign_error(out, "out", "a NumPy array (it receives y)", in_place=True)
+        raise foreign_error(out, "out", f"a NumPy array (it receives {receives})", in_place=True)
     if not isinstance(out, np.ndarray):
         raise TypeError(f"out must be a NumPy array, got {describe(out)}")
     if out.shape != x.shape or out.dtype != x.dtype:
@@ -264,9 +266,11 @@ def out_array(out, x: np.ndarray):
         )
     if not out.flags.writeable:
         raise ValueError("out must be writable, got a read-only array")
-    if np.may_share_memory(out, x):
-        raise ValueError("out must not overlap x (x is kept for the backward pass), "
-                         "got an array that shares memory with x")
+    for name, other in (("x", x), *read):
+        if np.may_share_memory(out, other):
+            why = " (x is kept for the backward pass)" if receives == "y" else ""
+            raise ValueError(f"out must not overlap {name}{why}, "
+                             f"got an array that shares memory with {name}")
     return out
 
 

@@ -65,15 +65,15 @@ def forward(sync: Sync, plan: Plan | None, xv, channels: int,
 
 def backward(sync: Sync, dy: np.ndarray, x: np.ndarray, plan: Plan | None, mean, invstd,
              weight, total: int, dxv) -> tuple[np.ndarray, np.ndarray]:
-    """Write this rank's ``dxv`` (a kernel view) for the batch of all ranks;
-    returns the per-channel ``sum(dy)`` and ``sum(dy * (x - mean))`` of all
+    """Write this rank's ``dxv`` (a kernel view; None: no dx) for the batch
+    of all ranks; returns the per-channel ``sum(dy)`` and ``sum(dy * (x - mean))`` of all
     ranks (float64)."""
     part = np.zeros((2, mean.size))
     if sync.count:
         dyv, xv = plan.view(dy), plan.view(x)
         KERNELS["grad_sums"][plan.kind](2 * x.size, dyv, xv, mean, part[0], part[1])
     sums = _collective.sum_in_order(_gather(sync.comm, part))
-    if sync.count:
+    if sync.count and dxv is not None:
         KERNELS["grad_input"][plan.kind](2 * x.size, dyv, xv, mean, invstd, weight,
                                          sums[0], sums[1], float(total), dxv)
     return sums[0], sums[1]

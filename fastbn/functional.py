@@ -16,6 +16,12 @@ from .kernels import KERNELS, update_running
 __all__ = ["batch_stats", "batch_norm_forward", "batch_norm_backward", "BatchNormCache"]
 
 
+def _read_only(a: np.ndarray) -> np.ndarray:
+    v = a.view()
+    v.setflags(write=False)
+    return v
+
+
 class BatchNormCache:
     """What :func:`batch_norm_backward` needs from a forward call.
 
@@ -30,7 +36,7 @@ class BatchNormCache:
         updated only then).
     """
 
-    __slots__ = ("x", "plan", "training", "mean", "var", "eps", "weight", "count",
+    __slots__ = ("x", "plan", "training", "_mean", "_var", "eps", "weight", "count",
                  "stats_finite", "sync")
 
     def __init__(self, x, plan, training, mean, var, eps, weight, count, stats_finite,
@@ -38,13 +44,25 @@ class BatchNormCache:
         self.x = x
         self.plan = plan
         self.training = training
-        self.mean = mean
-        self.var = var
+        self._mean = mean
+        self._var = var
         self.eps = eps
         self.weight = weight
         self.count = count
         self.stats_finite = stats_finite
         self.sync = sync
+
+    @property
+    def mean(self) -> np.ndarray:
+        """Per-channel mean the forward normalized with (the batch's in
+        training, the running one in eval): float64, shape (C,), read-only."""
+        return _read_only(self._mean)
+
+    @property
+    def var(self) -> np.ndarray:
+        """Per-channel biased variance the forward normalized with (as
+        :attr:`mean`): float64, shape (C,), read-only."""
+        return _read_only(self._var)
 
     def __repr__(self) -> str:
         mode = "training" if self.training else "eval"
@@ -340,8 +358,8 @@ def _forward(a: _Forward, training: bool, sync=None) -> tuple[np.ndarray, BatchN
     return y, BatchNormCache(x, plan, training, mean, var, a.eps, weight, a.count, finite, sync)
 
 
-def batch_norm_backward(dy, cache: BatchNormCache, *, comm=None
-                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def batch_norm_backward(dy, cache: BatchNormCache, *, input_grad: bool = True, out=None,
+                        comm=None) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
     """Gradients of ``sum(dy * y)`` for the forward call that gave ``cache``.
 
     Parameters
@@ -351,6 +369,12 @@ def batch_norm_backward(dy, cache: BatchNormCache, *, comm=None
     cache : BatchNormCache
         From :func:`batch_norm_forward`, training or eval mode (in eval mode
         the statistics are constants).
+    input_grad : bool
+        Whether to compute ``dx``; False (a first layer, a frozen input)
+        returns None for it and writes nothing of x's size.
+    out : ndarray, optional
+        Receives ``dx`` (shape and dtype of ``x``, overlapping neither ``x``
+        nor ``dy``).
     comm : mpi4py.MPI.Comm, optional
         The communicator of a synchronized forward, which is also the
         default; the call is then collective. ``dx`` is this rank's part of
@@ -359,8 +383,9 @@ def batch_norm_backward(dy, cache: BatchNormCache, *, comm=None
 
     Returns
     -------
-    dx : ndarray
-        Gradient with respect to ``x``, dtype of ``x``.
+    dx : ndarray or None
+        Gradient with respect to ``x``, dtype of ``x`` (None if not
+        ``input_grad``).
     dweight, dbias : ndarray, shape (C,)
         Gradients with respect to weight and bias (also when the forward
         had none), dtype of ``x``.
@@ -370,6 +395,8 @@ def batch_norm_backward(dy, cache: BatchNormCache, *, comm=None
             f"cache must be the BatchNormCache returned by batch_norm_forward, "
             f"got {type(cache).__name__}"
         )
+    if not isinstance(input_grad, (bool, np.bool_)):
+        raise TypeError(f"input_grad must be True or False, got {_checks.describe(input_grad)}")
     sync = cache.sync
     if comm is not None and (sync is None or comm is not sync.comm):
         raise ValueError(
@@ -378,34 +405,53 @@ def batch_norm_backward(dy, cache: BatchNormCache, *, comm=None
                else "another communicator")
         )
     x, plan = cache.x, cache.plan
-    c = cache.mean.size
+    mean, c = cache._mean, cache._mean.size
     dtype = x.dtype
     with np.errstate(divide="ignore"):  # eps = 0 and a constant channel: inf, as in PyTorch
-        invstd = 1.0 / np.sqrt(cache.var + cache.eps)
+        invstd = 1.0 / np.sqrt(cache._var + cache.eps)
     if sync is not None:
         error = None
         try:
             dy = _checks.grad_output(dy, x)
+            out = _checks.out_array(out, x, "dx", (("dy", dy),)) if input_grad else None
         except (TypeError, ValueError) as exc:
             error = exc
         _collective.exchange(sync.comm, error, None, None)
-        dxv, dx, _ = (None, np.empty_like(x), None) if plan is None else plan.output(None, dtype)
-        sum_dy, sum_dy_xc = _synced.backward(sync, dy, x, plan, cache.mean, invstd,
+        dxv, dx, scratch = _dx_output(plan, x, out, input_grad)
+        sum_dy, sum_dy_xc = _synced.backward(sync, dy, x, plan, mean, invstd,
                                              cache.weight, cache.count, dxv)
-        return dx, (sum_dy_xc * invstd).astype(dtype), sum_dy.astype(dtype)
+        return _finish_dx(dx, scratch), (sum_dy_xc * invstd).astype(dtype), sum_dy.astype(dtype)
     dy = _checks.grad_output(dy, x)
+    out = _checks.out_array(out, x, "dx", (("dy", dy),)) if input_grad else None
     sum_dy, sum_dy_xc = np.empty(c), np.empty(c)
-    dxv, dx, _ = plan.output(None, dtype)
+    dxv, dx, scratch = _dx_output(plan, x, out, input_grad)
     dyv, xv = plan.view(dy), plan.view(x)
-    if cache.training and _fused(plan, x, 2):
-        _run("fused_backward", plan, 2 * x.size, dyv, xv, cache.mean, invstd, cache.weight,
+    if dxv is None:
+        _run("grad_sums", plan, 2 * x.size, dyv, xv, mean, sum_dy, sum_dy_xc)
+    elif cache.training and _fused(plan, x, 2):
+        _run("fused_backward", plan, 2 * x.size, dyv, xv, mean, invstd, cache.weight,
              float(cache.count), sum_dy, sum_dy_xc, dxv)
     elif cache.training:
-        _run("grad_sums", plan, 2 * x.size, dyv, xv, cache.mean, sum_dy, sum_dy_xc)
-        _run("grad_input", plan, 2 * x.size, dyv, xv, cache.mean, invstd, cache.weight,
+        _run("grad_sums", plan, 2 * x.size, dyv, xv, mean, sum_dy, sum_dy_xc)
+        _run("grad_input", plan, 2 * x.size, dyv, xv, mean, invstd, cache.weight,
              sum_dy, sum_dy_xc, float(cache.count), dxv)
     else:
-        _run("grad_sums", plan, 2 * x.size, dyv, xv, cache.mean, sum_dy, sum_dy_xc)
-        _run("affine", plan, x.size, dyv, np.zeros(c), cache.var, cache.weight,
+        _run("grad_sums", plan, 2 * x.size, dyv, xv, mean, sum_dy, sum_dy_xc)
+        _run("affine", plan, x.size, dyv, np.zeros(c), cache._var, cache.weight,
              _NONE[dtype], cache.eps, dxv)
-    return dx, (sum_dy_xc * invstd).astype(dtype), sum_dy.astype(dtype)
+    return _finish_dx(dx, scratch), (sum_dy_xc * invstd).astype(dtype), sum_dy.astype(dtype)
+
+
+def _dx_output(plan: Plan | None, x: np.ndarray, out, input_grad: bool):
+    """``(kernel view, dx, scratch)`` for dx (all None without ``input_grad``)."""
+    if not input_grad:
+        return None, None, None
+    if plan is None:  # an empty batch on this rank
+        return None, (np.empty_like(x) if out is None else out), None
+    return plan.output(out, x.dtype)
+
+
+def _finish_dx(dx, scratch):
+    if scratch is not None:
+        dx[...] = scratch
+    return dx

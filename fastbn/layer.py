@@ -132,15 +132,16 @@ class BatchNorm:
         """The MPI communicator a forward synchronizes over (None: local)."""
         return None
 
-    def backward(self, dy) -> np.ndarray:
-        """Gradient with respect to the last forward's input.
+    def backward(self, dy, *, input_grad: bool = True) -> np.ndarray | None:
+        """Gradient with respect to the last forward's input (None, and
+        nothing of its size written, when not ``input_grad``).
 
         Sets ``grad_weight`` and ``grad_bias`` (overwritten, not accumulated).
         """
         if self._cache is None:
             raise RuntimeError("backward needs the input of a forward call, got none: "
                                "call the layer on a batch first")
-        dx, dweight, dbias = batch_norm_backward(dy, self._cache)
+        dx, dweight, dbias = batch_norm_backward(dy, self._cache, input_grad=input_grad)
         if self.affine:
             self.grad_weight = dweight.astype(self.dtype)
             self.grad_bias = dbias.astype(self.dtype)

@@ -355,3 +355,80 @@ def test_float16_parameters_and_running_stats(rng):
     assert rm.dtype == rv.dtype == np.float16
     np.testing.assert_allclose(rm, erm, rtol=1e-3, atol=1e-3)
     np.testing.assert_allclose(rv, erv, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("size", ["small", "large"])
+def test_backward_input_grad_and_out(rng, layout, training, size):
+    """input_grad=False: dx is None, dweight/dbias as with dx, nothing of
+    x's size written (the fused path is not taken for it); out receives dx."""
+    spatial = (3, 4) if size == "small" else (40, 41)
+    shape = make_shape(4, layout, 4, 16, spatial)
+    x = rng.standard_normal(shape)
+    dy = rng.standard_normal(shape)
+    C = shape[ref.channel_axis(4, layout)]
+    w, b = rng.standard_normal(C), rng.standard_normal(C)
+    rm, rv = np.zeros(C), np.ones(C) + rng.random(C)
+    _, cache = fastbn.batch_norm_forward(x, w, b, training=training, running_mean=rm,
+                                         running_var=rv, layout=layout)
+    dx, dw, db = fastbn.batch_norm_backward(dy, cache)
+    none, dw2, db2 = fastbn.batch_norm_backward(dy, cache, input_grad=False)
+    assert none is None
+    # the same sums, but maybe another kernel (fused with dx or not): an ulp apart
+    # at most where one was compiled here and the other loaded (docs/cold-start.md)
+    np.testing.assert_allclose(dw2, dw, rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(db2, db, rtol=1e-13, atol=1e-13)
+    out = np.full_like(x, np.nan)
+    dx3, dw3, db3 = fastbn.batch_norm_backward(dy, cache, out=out)
+    assert dx3 is out
+    np.testing.assert_array_equal(out, dx)
+    strided = np.full(shape[:-1] + (2 * shape[-1],), np.nan)[..., ::2]  # a copy is made, then written
+    dx4, _, _ = fastbn.batch_norm_backward(dy, cache, out=strided)
+    assert dx4 is strided
+    np.testing.assert_array_equal(strided, dx)
+    if training:
+        ref_dx, ref_dw, ref_db = ref.backward_train(dy, x, w, 1e-5, layout)
+        check_y(dx, ref_dx, np.float64, "dx")
+
+
+def test_backward_out_errors(rng):
+    x = rng.standard_normal((4, 3, 5))
+    dy = rng.standard_normal(x.shape)
+    _, cache = fastbn.batch_norm_forward(x)
+    for bad, message in ((np.empty((4, 3)), "shape"), (np.empty(x.shape, np.float32), "dtype"),
+                         (dy, "overlap dy"), (x, "overlap x")):
+        with pytest.raises(ValueError, match=message):
+            fastbn.batch_norm_backward(dy, cache, out=bad)
+    with pytest.raises(TypeError, match="input_grad must be True or False, got"):
+        fastbn.batch_norm_backward(dy, cache, input_grad="no")
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_cache_mean_and_var_are_the_statistics_used(rng, training):
+    x = rng.standard_normal((6, 4, 5)).astype(np.float32)
+    rm, rv = rng.standard_normal(4).astype(np.float32), 1 + rng.random(4).astype(np.float32)
+    before = rm.copy(), rv.copy()
+    _, cache = fastbn.batch_norm_forward(x, training=training, running_mean=rm, running_var=rv)
+    mean, var = ref.stats(x) if training else (before[0].astype(np.float64), before[1].astype(np.float64))
+    assert cache.mean.dtype == cache.var.dtype == np.float64
+    assert cache.mean.shape == cache.var.shape == (4,)
+    np.testing.assert_allclose(cache.mean, mean, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(cache.var, var, rtol=1e-5)
+    with pytest.raises(ValueError, match="read-only"):
+        cache.mean[0] = 1.0
+    with pytest.raises(AttributeError):
+        cache.var = np.zeros(4)
+
+
+def test_layer_backward_input_grad(rng):
+    bn = fastbn.BatchNorm(3, dtype=np.float64)
+    x = rng.standard_normal((5, 3, 4))
+    dy = rng.standard_normal(x.shape)
+    y = bn.forward(x)
+    dx = bn.backward(dy)
+    gw, gb = bn.grad_weight.copy(), bn.grad_bias.copy()
+    assert bn.backward(dy, input_grad=False) is None
+    np.testing.assert_array_equal(bn.grad_weight, gw)
+    np.testing.assert_array_equal(bn.grad_bias, gb)
+    assert dx.shape == y.shape
