@@ -228,6 +228,7 @@ def batch_norm_forward(
     layout: str = "NCHW",
     out: np.ndarray | None = None,
     comm=None,
+    unbiased_running_var: bool = True,
 ) -> tuple[np.ndarray, BatchNormCache]:
     """Batch normalization forward pass.
 
@@ -243,8 +244,9 @@ def batch_norm_forward(
     running_mean, running_var : ndarray, shape (C,), optional
         Running statistics. In training they are updated in place:
         ``r = (1 - momentum) * r + momentum * s``, with the unbiased batch
-        variance ``var * m / (m - 1)``, ``m`` values per channel. Required
-        in eval mode.
+        variance ``var * m / (m - 1)``, ``m`` values per channel (the
+        biased ``var`` with ``unbiased_running_var=False``). Required in
+        eval mode.
     momentum : float in [0, 1]
         Weight of the current batch in the running statistics.
     eps : float >= 0
@@ -253,6 +255,9 @@ def batch_norm_forward(
         Channel axis 1 or last.
     out : ndarray, optional
         Receives the output (shape and dtype of ``x``, not overlapping it).
+    unbiased_running_var : bool
+        False stores the biased batch variance in ``running_var`` (the
+        Keras, Flax and numpy-ml convention) instead of ``var * m / (m - 1)``.
     comm : mpi4py.MPI.Comm, optional
         In training, normalize with the statistics of the batch formed by
         every rank's ``x``: a collective call, which every rank of ``comm``
@@ -271,13 +276,16 @@ def batch_norm_forward(
         When the batch statistics are not finite; the running statistics
         are then left unchanged.
     """
+    if not isinstance(unbiased_running_var, (bool, np.bool_)):
+        raise TypeError("unbiased_running_var must be True or False, got "
+                        f"{_checks.describe(unbiased_running_var)}")
     return _forward_call(x, weight, bias, training, running_mean, running_var, momentum, eps,
-                         layout, out, comm)
+                         layout, out, comm, unbiased=bool(unbiased_running_var))
 
 
 def _forward_call(x, weight, bias, training, running_mean, running_var, momentum, eps, layout,
-                  out, comm, check: Callable[[object], np.ndarray] | None = None
-                  ) -> tuple[np.ndarray, BatchNormCache]:
+                  out, comm, check: Callable[[object], np.ndarray] | None = None,
+                  unbiased: bool = True) -> tuple[np.ndarray, BatchNormCache]:
     """:func:`batch_norm_forward`, after ``check(x)`` when given: a layer's
     own check of its input (which returns it as an ndarray), run before any
     other, and in a synchronized call before the ranks exchange their
@@ -290,7 +298,7 @@ def _forward_call(x, weight, bias, training, running_mean, running_var, momentum
         if a is None:
             a = _forward_args(x, weight, bias, training, running_mean, running_var, momentum,
                               eps, layout, out, False)
-        return _forward(a, bool(training))
+        return _forward(a, bool(training), None, unbiased)
     comm = _collective.communicator(comm)
     a, error = None, None
     try:
@@ -308,12 +316,15 @@ def _forward_call(x, weight, bias, training, running_mean, running_var, momentum
             "expected more than 1 value per channel in the batch of all ranks when "
             f"training, got {total} (per rank: {sync.counts})"
         )
-    return _forward(a._replace(count=total), True, sync)
+    return _forward(a._replace(count=total), True, sync, unbiased)
 
 
-def _forward(a: _Forward, training: bool, sync=None) -> tuple[np.ndarray, BatchNormCache]:
+def _forward(a: _Forward, training: bool, sync=None, unbiased: bool = True
+             ) -> tuple[np.ndarray, BatchNormCache]:
     """The forward pass over checked arguments, synchronized over the ranks
-    of ``sync`` when given (then ``a.count`` is the count of all ranks)."""
+    of ``sync`` when given (then ``a.count`` is the count of all ranks);
+    ``unbiased``: the running variance gets ``var * m / (m - 1)``, else
+    ``var``."""
     x, c = a.x, a.channels
     plan = Plan(x, a.axis) if x.size else None
     if plan is None:
@@ -344,7 +355,8 @@ def _forward(a: _Forward, training: bool, sync=None) -> tuple[np.ndarray, BatchN
         native = rmean.dtype in _checks.FLOAT_DTYPES and rvar.dtype in _checks.FLOAT_DTYPES
         if not native:  # e.g. float16: updated in float64, then cast back
             rmean, rvar = rmean.astype(np.float64), rvar.astype(np.float64)
-        finite = update_running(0, mean, var, float(a.count), a.momentum, rmean, rvar)
+        factor = a.count / (a.count - 1.0) if unbiased else 1.0
+        finite = update_running(0, mean, var, factor, a.momentum, rmean, rvar)
         if finite and not native:
             a.running_mean[...] = rmean
             a.running_var[...] = rvar

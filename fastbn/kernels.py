@@ -266,13 +266,13 @@ def _grad_table(x, mean, invstd, weight, sum_dy, sum_dy_xc, m):
 
 
 @serial_kernel
-def update_running(mean, var, count, momentum, running_mean, running_var, tasks):
-    """Exponential update of the running statistics (unbiased variance),
-    only if every batch statistic is finite; returns whether they were."""
+def update_running(mean, var, unbias, momentum, running_mean, running_var, tasks):
+    """Exponential update of the running statistics, the variance times
+    ``unbias`` (``m / (m - 1)`` or 1), only if every batch statistic is
+    finite; returns whether they were."""
     for c in range(mean.size):
         if not (np.isfinite(mean[c]) and np.isfinite(var[c])):
             return False
-    unbias = count / (count - 1.0)
     for c in range(mean.size):
         running_mean[c] = (1.0 - momentum) * running_mean[c] + momentum * mean[c]
         running_var[c] = (1.0 - momentum) * running_var[c] + momentum * var[c] * unbias

@@ -36,6 +36,9 @@ class BatchNorm:
         Channel axis 1 or last.
     dtype : float32 or float64
         dtype of parameters and running statistics.
+    unbiased_running_var : bool
+        False stores the biased batch variance in ``running_var`` (Keras,
+        Flax, numpy-ml) instead of ``var * m / (m - 1)`` (PyTorch).
 
     Examples
     --------
@@ -54,6 +57,7 @@ class BatchNorm:
         track_running_stats: bool = True,
         layout: str = "NCHW",
         dtype=np.float32,
+        unbiased_running_var: bool = True,
     ):
         if isinstance(num_features, bool) or not isinstance(num_features, numbers.Integral):
             raise TypeError(
@@ -74,6 +78,10 @@ class BatchNorm:
         self.layout = _checks.layout(layout)
         self.affine = bool(affine)
         self.track_running_stats = bool(track_running_stats)
+        if not isinstance(unbiased_running_var, (bool, np.bool_)):
+            raise TypeError("unbiased_running_var must be True or False, got "
+                            f"{_checks.describe(unbiased_running_var)}")
+        self.unbiased_running_var = bool(unbiased_running_var)
         self.dtype = dtype
         c = self.num_features
         self.weight = np.ones(c, dtype) if affine else None
@@ -115,7 +123,8 @@ class BatchNorm:
         y, cache = _forward_call(
             x, self.weight, self.bias, use_batch, self.running_mean if stats else None,
             self.running_var if stats else None, 0.0 if momentum is None else momentum,
-            self.eps, self.layout, None, self._communicator(), self._check_input)
+            self.eps, self.layout, None, self._communicator(), self._check_input,
+            self.unbiased_running_var)
         if update and cache.stats_finite:
             self.num_batches_tracked += 1
         self._cache = cache

@@ -61,10 +61,12 @@ class SyncBatchNorm(BatchNorm):
         track_running_stats: bool = True,
         layout: str = "NCHW",
         dtype=np.float32,
+        unbiased_running_var: bool = True,
     ):
         comm = _collective.communicator(comm)
         super().__init__(num_features, eps=eps, momentum=momentum, affine=affine,
-                         track_running_stats=track_running_stats, layout=layout, dtype=dtype)
+                         track_running_stats=track_running_stats, layout=layout, dtype=dtype,
+                         unbiased_running_var=unbiased_running_var)
         self.comm = comm
 
     def __repr__(self) -> str:

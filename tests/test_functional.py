@@ -432,3 +432,25 @@ def test_layer_backward_input_grad(rng):
     np.testing.assert_array_equal(bn.grad_weight, gw)
     np.testing.assert_array_equal(bn.grad_bias, gb)
     assert dx.shape == y.shape
+
+
+@pytest.mark.parametrize("unbiased", [True, False])
+def test_unbiased_running_var(rng, unbiased):
+    """False: the running variance gets the biased batch variance (Keras,
+    Flax, numpy-ml); functional API and layer alike."""
+    x = rng.standard_normal((6, 3, 4, 5))
+    m = x.size // 3
+    mean, var = ref.stats(x)
+    rm, rv = np.zeros(3), np.ones(3)
+    fastbn.batch_norm_forward(x, running_mean=rm, running_var=rv, momentum=0.25,
+                              unbiased_running_var=unbiased)
+    want = var * m / (m - 1) if unbiased else var
+    np.testing.assert_allclose(rv, 0.75 + 0.25 * want, rtol=1e-12)
+    np.testing.assert_allclose(rm, 0.25 * mean, rtol=1e-12, atol=1e-15)
+    bn = fastbn.BatchNorm(3, momentum=0.25, dtype=np.float64, unbiased_running_var=unbiased)
+    bn.forward(x)
+    np.testing.assert_allclose(bn.running_var, rv, rtol=1e-12)
+    with pytest.raises(TypeError, match="unbiased_running_var must be True or False, got"):
+        fastbn.batch_norm_forward(x, unbiased_running_var="yes")
+    with pytest.raises(TypeError, match="unbiased_running_var must be True or False, got"):
+        fastbn.BatchNorm(3, unbiased_running_var=None)
