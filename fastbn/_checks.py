@@ -199,7 +199,9 @@ def _given_dtype(value, arr: np.ndarray) -> str:
 
 def channel_vector(value, name: str, num_channels: int, *, in_place: bool = False,
                    x: np.ndarray | None = None, axis: int = 1):
-    """A per-channel float vector of shape ``(C,)``, or None.
+    """A per-channel float vector of shape ``(C,)``, or None. With ``x``, an
+    array that broadcasts along its channel axis only is accepted too (seen
+    as a ``(C,)`` view, so in-place updates reach it).
 
     With ``in_place`` it must be a writable ndarray (it is updated in place).
     A shape mismatch names ``x`` and its channel ``axis`` when ``x`` is
@@ -217,6 +219,8 @@ def channel_vector(value, name: str, num_channels: int, *, in_place: bool = Fals
         raise TypeError(f"{name} must be {expected}, got {describe(value)}")
     if arr.dtype.kind != "f":
         raise TypeError(f"{name} must have a float dtype, got {_given_dtype(value, arr)}")
+    if arr.shape != (num_channels,) and _broadcasts_along(arr.shape, num_channels, x, axis):
+        arr = arr.reshape(num_channels)  # a view: only one axis is longer than 1
     if arr.shape != (num_channels,):
         raise ValueError(f"{name} must have shape ({num_channels},) "
                          f"{_channel_source(num_channels, x, axis)}, got shape {arr.shape}"
@@ -224,6 +228,16 @@ def channel_vector(value, name: str, num_channels: int, *, in_place: bool = Fals
     if in_place and not arr.flags.writeable:
         raise ValueError(f"{name} must be writable (it is updated in place), got a read-only array")
     return arr
+
+
+def _broadcasts_along(shape: tuple, num_channels: int, x: np.ndarray | None, axis: int) -> bool:
+    """Whether an array of ``shape`` broadcasts against x along its channel
+    ``axis`` only, e.g. (1, C, 1, 1) or (C, 1, 1) for NCHW, (1, 1, 1, C) for
+    NHWC (never without x: a layer's state is (C,))."""
+    if x is None or len(shape) > x.ndim:
+        return False
+    at = axis - (x.ndim - len(shape))  # numpy aligns shapes on the right
+    return all(d == (num_channels if i == at else 1) for i, d in enumerate(shape))
 
 
 def _channel_source(num_channels: int, x: np.ndarray | None, axis: int) -> str:
