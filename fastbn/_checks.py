@@ -14,6 +14,8 @@ if TYPE_CHECKING:
     from .layer import BatchNorm
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+#: Input dtypes: float16 too, a storage format computed in float32.
+X_DTYPES = (np.dtype(np.float16), *FLOAT_DTYPES)
 
 #: Attributes by which an object offers itself as an array of another library.
 _ARRAY_PROTOCOLS = ("__array__", "__array_interface__", "__array_struct__", "__dlpack__",
@@ -88,17 +90,17 @@ def _as_array(value, name: str, expected: str, in_place: bool = False) -> np.nda
                         "cannot convert to an array") from None
 
 
-_X_EXPECTED = "a NumPy ndarray of float32 or float64"
+_X_EXPECTED = "a NumPy ndarray of float16, float32 or float64"
 
 
 def tensor(x, name: str = "x") -> np.ndarray:
-    """``x`` as an ndarray of dtype float32 or float64. Python sequences are
-    converted; arrays of other libraries are a TypeError that says how to
-    convert them."""
+    """``x`` as an ndarray of dtype float16, float32 or float64. Python
+    sequences are converted; arrays of other libraries are a TypeError that
+    says how to convert them."""
     if type(x) is np.ndarray and x.dtype in FLOAT_DTYPES:
         return x
     arr = _as_array(x, name, _X_EXPECTED)
-    if arr.dtype not in FLOAT_DTYPES:
+    if arr.dtype not in X_DTYPES:
         raise TypeError(f"{name} must be {_X_EXPECTED}, got {_given_dtype(x, arr)}")
     return arr
 

@@ -126,8 +126,8 @@ def batch_stats(x, *, layout: str = "NCHW") -> tuple[np.ndarray, np.ndarray]:
 
     Parameters
     ----------
-    x : array_like, float32 or float64, rank 2 to 5
-        Input batch, any strides.
+    x : array_like, float16, float32 or float64, rank 2 to 5
+        Input batch, any strides (float16: computed in float32).
     layout : {"NCHW", "NHWC"}
         Channel axis 1 (``"NCHW"``) or last (``"NHWC"``).
 
@@ -142,7 +142,8 @@ def batch_stats(x, *, layout: str = "NCHW") -> tuple[np.ndarray, np.ndarray]:
     """
     x = _checks.tensor(x)
     axis, _ = _checks.channels(x, layout)
-    mean, var = _moments(x, Plan(x, axis))
+    wide = x.astype(np.float32) if x.dtype == np.float16 else x
+    mean, var = _moments(wide, Plan(wide, axis))
     return mean.astype(x.dtype), var.astype(x.dtype)
 
 
@@ -234,8 +235,9 @@ def batch_norm_forward(
 
     Parameters
     ----------
-    x : array_like, float32 or float64, rank 2 to 5
-        Input batch, any strides; never written.
+    x : array_like, float16, float32 or float64, rank 2 to 5
+        Input batch, any strides; never written. float16 is a storage
+        format: computed in float32, rounded once.
     weight, bias : array_like, shape (C,), optional
         Per-channel scale (default ones) and shift (default zeros).
     training : bool
@@ -325,6 +327,8 @@ def _forward(a: _Forward, training: bool, sync=None, unbiased: bool = True
     of ``sync`` when given (then ``a.count`` is the count of all ranks);
     ``unbiased``: the running variance gets ``var * m / (m - 1)``, else
     ``var``."""
+    if a.x.dtype == np.float16:
+        return _half_forward(a, training, sync, unbiased)
     x, c = a.x, a.channels
     plan = Plan(x, a.axis) if x.size else None
     if plan is None:
@@ -370,6 +374,49 @@ def _forward(a: _Forward, training: bool, sync=None, unbiased: bool = True
     return y, BatchNormCache(x, plan, training, mean, var, a.eps, weight, a.count, finite, sync)
 
 
+def _half_forward(a: _Forward, training: bool, sync, unbiased: bool
+                  ) -> tuple[np.ndarray, BatchNormCache]:
+    """float16 is a storage format: widened to float32, computed there,
+    rounded once. The cache keeps the float16 input (O(C) beyond it, as
+    always); backward widens it again."""
+    y32, cache = _forward(a._replace(x=a.x.astype(np.float32), out=None), training, sync,
+                          unbiased)
+    if a.out is None:
+        y = y32.astype(np.float16)
+    else:
+        y = a.out
+        y[...] = y32
+    cache.x = a.x
+    return y, cache
+
+
+def _half_backward(dy, cache: BatchNormCache, input_grad: bool, out, comm):
+    """:func:`batch_norm_backward` of a float16 forward, in float32. In a
+    synchronized call, a dy or out that is not what it must be is passed on
+    unconverted, so that the collective checks raise on every rank."""
+    x = cache.x
+    wide = BatchNormCache(x.astype(np.float32), cache.plan, cache.training, cache._mean,
+                          cache._var, cache.eps, cache.weight, cache.count, cache.stats_finite,
+                          cache.sync)
+    if cache.sync is None:
+        dy = _checks.grad_output(dy, x)
+        out = _checks.out_array(out, x, "dx", (("dy", dy),)) if input_grad else None
+    elif not (isinstance(dy, np.ndarray) and dy.dtype == np.float16 and dy.shape == x.shape
+              and (out is None or isinstance(out, np.ndarray) and out.dtype == np.float16
+                   and out.shape == x.shape)):
+        # the collective checks of the float32 call raise on every rank
+        return batch_norm_backward(dy, wide, input_grad=input_grad, out=out, comm=comm)
+    dx, dweight, dbias = batch_norm_backward(dy.astype(np.float32), wide, input_grad=input_grad,
+                                             comm=comm)
+    if dx is not None:
+        if out is None:
+            dx = dx.astype(np.float16)
+        else:
+            out[...] = dx
+            dx = out
+    return dx, dweight.astype(np.float16), dbias.astype(np.float16)
+
+
 def batch_norm_backward(dy, cache: BatchNormCache, *, input_grad: bool = True, out=None,
                         comm=None) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
     """Gradients of ``sum(dy * y)`` for the forward call that gave ``cache``.
@@ -409,6 +456,8 @@ def batch_norm_backward(dy, cache: BatchNormCache, *, input_grad: bool = True, o
         )
     if not isinstance(input_grad, (bool, np.bool_)):
         raise TypeError(f"input_grad must be True or False, got {_checks.describe(input_grad)}")
+    if cache.x.dtype == np.float16:
+        return _half_backward(dy, cache, input_grad, out, comm)
     sync = cache.sync
     if comm is not None and (sync is None or comm is not sync.comm):
         raise ValueError(

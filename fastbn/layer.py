@@ -34,7 +34,7 @@ class BatchNorm:
         in eval mode; else both None and eval mode uses batch statistics.
     layout : {"NCHW", "NHWC"}
         Channel axis 1 or last.
-    dtype : float32 or float64
+    dtype : float16, float32 or float64
         dtype of parameters and running statistics.
     unbiased_running_var : bool
         False stores the biased batch variance in ``running_var`` (Keras,
@@ -68,10 +68,10 @@ class BatchNorm:
         try:
             dtype = np.dtype(dtype)
         except TypeError:
-            raise TypeError(f"dtype must be float32 or float64 (a NumPy dtype), "
+            raise TypeError(f"dtype must be float16, float32 or float64 (a NumPy dtype), "
                             f"got {_checks.describe(dtype)}") from None
-        if dtype not in _checks.FLOAT_DTYPES:
-            raise TypeError(f"dtype must be float32 or float64, got {dtype}")
+        if dtype not in _checks.X_DTYPES:
+            raise TypeError(f"dtype must be float16, float32 or float64, got {dtype}")
         self.num_features = int(num_features)
         self.eps = _checks.eps(eps)
         self.momentum = _checks.momentum(momentum, allow_none=True)

@@ -144,8 +144,8 @@ FUNCTIONAL_CASES = [
      TypeError, [("complex",), ("float",)]),
     ("x_object", lambda s: s.fwd(s.x.astype(object), out=None),
      TypeError, [("object",), ("float",)]),
-    ("x_float16", lambda s: s.fwd(s.x.astype(np.float16), out=None),
-     TypeError, [("float16",), ("float32", "float64")]),
+    ("x_longdouble", lambda s: s.fwd(s.x.astype(np.longdouble), out=None),
+     TypeError, [("float128", "float96", "longdouble"), ("float16",)]),
     ("x_string", lambda s: s.fwd("abc", out=None), TypeError, [("float",)]),
     ("x_none", lambda s: s.fwd(np.array(None), out=None), TypeError, [("float",)]),
     ("stats_int", lambda s: fastbn.batch_stats(np.ones((4, 3), np.int64)),
@@ -231,8 +231,8 @@ LAYER_CASES = [
      ValueError, [("(1, 3)", "1 value"), ("2", "more than 1", "at least", "> 1")]),
     ("empty", lambda s: s.bn(np.ones((0, C), np.float32)), ValueError, [("0",), ("empty",)]),
     ("int", lambda s: s.bn(np.ones(SHAPE, np.int64)), TypeError, [("int64",), ("float",)]),
-    ("float16", lambda s: s.bn(np.ones(SHAPE, np.float16)),
-     TypeError, [("float16",), ("float32", "float64")]),
+    ("longdouble", lambda s: s.bn(np.ones(SHAPE, np.longdouble)),
+     TypeError, [("float128", "float96", "longdouble"), ("float16",)]),
     ("dy_shape", lambda s: s.bn.backward(np.ones((4, C, 6), np.float32)),
      ValueError, [("(4, 3, 5)",), ("(4, 3, 6)",)]),
     ("dy_dtype", lambda s: s.bn.backward(np.ones(SHAPE, np.float64)),
@@ -286,7 +286,8 @@ CONSTRUCTOR_CASES = [
     ("momentum_neg", dict(momentum=-0.5), ValueError, [("momentum",), ("-0.5",)]),
     ("layout", dict(layout="NWHC"), ValueError, [("nwhc",), ("nchw", "nhwc")]),
     ("dtype_int", dict(dtype=np.int32), TypeError, [("int32",), ("float",)]),
-    ("dtype_float16", dict(dtype=np.float16), TypeError, [("float16",), ("float32", "float64")]),
+    ("dtype_longdouble", dict(dtype=np.longdouble), TypeError,
+     [("float128", "float96", "longdouble"), ("float16", "float32", "float64")]),
 ]
 
 
@@ -455,7 +456,7 @@ def test_layer_refuses_torch_tensors_and_changes_nothing(rng):
                                         r"non-negative integer, got torch\.Tensor"):
         s.bn.load_state_dict({**numpy_state, "num_batches_tracked": torch.tensor(3)})
     s.check_unchanged()
-    with pytest.raises(TypeError, match=r"dtype must be float32 or float64 \(a NumPy dtype\), "
+    with pytest.raises(TypeError, match=r"dtype must be float16, float32 or float64 \(a NumPy dtype\), "
                                         r"got torch\.dtype torch\.float32$") as excinfo:
         fastbn.BatchNorm(3, dtype=torch.float32)
     assert excinfo.value.__cause__ is None and excinfo.value.__suppress_context__
@@ -478,7 +479,7 @@ class DLPackOnly:
 
 def test_other_array_libraries_and_masked_arrays_are_refused(rng):
     s = FunctionalState(rng)
-    with pytest.raises(TypeError, match=r"^x must be a NumPy ndarray of float32 or float64, "
+    with pytest.raises(TypeError, match=r"^x must be a NumPy ndarray of float16, float32 or float64, "
                                         r"got test_errors\.ArrayLike; convert it with "
                                         r"numpy\.asarray\(\)$") as excinfo:
         s.fwd(ArrayLike(s.x), out=None)
@@ -519,12 +520,12 @@ def test_python_sequences_are_still_converted(rng):
 # (id, call, exception, regular expression the message must match)
 MESSAGE_CASES = [
     ("x_ragged_list", lambda s: s.fwd([[1.0, 2.0], [3.0]], out=None), TypeError,
-     r"^x must be a NumPy ndarray of float32 or float64, got list of length 2, which NumPy "
+     r"^x must be a NumPy ndarray of float16, float32 or float64, got list of length 2, which NumPy "
      r"cannot convert to an array$"),
     ("x_int_list", lambda s: s.fwd([[1, 2], [3, 4]], out=None), TypeError,
      r"got list of length 2 \(dtype int64 once converted\)$"),
     ("x_int_array", lambda s: s.fwd(s.x.astype(np.int16), out=None), TypeError,
-     r"^x must be a NumPy ndarray of float32 or float64, got dtype int16$"),
+     r"^x must be a NumPy ndarray of float16, float32 or float64, got dtype int16$"),
     ("x_rank1", lambda s: s.fwd(np.zeros(7, np.float32), out=None), ValueError,
      r"^x: expected an input of rank 2 to 5, got rank 1 \(shape \(7,\)\)$"),
     ("x_empty", lambda s: s.fwd(np.zeros((0, C), np.float32), out=None), ValueError,
@@ -602,7 +603,7 @@ LAYER_MESSAGE_CASES = [
     ("train_mode", lambda s: s.bn.train("eval"), TypeError,
      r"^mode must be a bool, got str 'eval'$"),
     ("x_int", lambda s: s.bn(np.ones(SHAPE, np.int32)), TypeError,
-     r"^x must be a NumPy ndarray of float32 or float64, got dtype int32$"),
+     r"^x must be a NumPy ndarray of float16, float32 or float64, got dtype int32$"),
     ("x_rank6", lambda s: s.bn(np.ones((1, C, 1, 1, 1, 2), np.float32)), ValueError,
      r"^x: expected an input of rank 2 to 5, got rank 6 \(shape \(1, 3, 1, 1, 1, 2\)\)$"),
 ]
@@ -626,8 +627,8 @@ def test_message_says_what_was_expected_and_what_was_given(rng, state, call, exc
     ((True,), {}, TypeError, r"^num_features must be an int, got bool True$"),
     ((0,), {}, ValueError, r"^num_features must be >= 1, got 0$"),
     ((3,), dict(dtype="float33"), TypeError,
-     r"^dtype must be float32 or float64 \(a NumPy dtype\), got str 'float33'$"),
-    ((3,), dict(dtype=np.int32), TypeError, r"^dtype must be float32 or float64, got int32$"),
+     r"^dtype must be float16, float32 or float64 \(a NumPy dtype\), got str 'float33'$"),
+    ((3,), dict(dtype=np.int32), TypeError, r"^dtype must be float16, float32 or float64, got int32$"),
     ((3,), dict(eps=None), TypeError, r"^eps must be a real number >= 0, got None$"),
     ((3,), dict(momentum="0.1"), TypeError,
      r"^momentum must be a real number in \[0, 1\] or None, got str '0\.1'$"),
