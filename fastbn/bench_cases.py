@@ -26,11 +26,13 @@ SHAPES = {
 #: plus a tiny image batch: the two groups the summary reports apart.
 LARGE = ("32x64x56x56", "64x256x14x14", "8x32x128x128")
 SMALL = ("64x64", "256x1024", "1024x256", "4096x128", "8x16x8x8")
-OPS = ("forward", "eval", "backward")
+#: backward_no_dx: dweight and dbias only (``input_grad=False``: a first
+#: layer, a frozen input).
+OPS = ("forward", "eval", "backward", "backward_no_dx")
 LAYOUTS = ("NCHW", "NHWC")
 DTYPES = ("float32", "float64")
 #: Traffic floor of each op, in copies of x.
-FLOORS = {"forward": 4 / 3, "eval": 1.0, "backward": 2.0}
+FLOORS = {"forward": 4 / 3, "eval": 1.0, "backward": 2.0, "backward_no_dx": 1.0}
 EPS = 1e-5
 MOMENTUM = 0.1
 
@@ -88,10 +90,10 @@ class Case:
             return lambda: fastbn.batch_norm_forward(
                 x, w, b, training=False, running_mean=rm, running_var=rv,
                 eps=EPS, layout=layout)
-        if op == "backward":
+        if op in ("backward", "backward_no_dx"):
             _, cache = fastbn.batch_norm_forward(x, w, b, eps=EPS, layout=layout)
-            dy = self.dy
-            return lambda: fastbn.batch_norm_backward(dy, cache)
+            dy, dx = self.dy, op == "backward"
+            return lambda: fastbn.batch_norm_backward(dy, cache, input_grad=dx)
         raise ValueError(f"op must be one of {OPS}, got {op!r}")
 
     # -- the obvious NumPy implementation ----------------------------------
@@ -119,7 +121,13 @@ class Case:
             dweight = (dy * xhat).sum(axis=ax, keepdims=True)
             return w * invstd / m * (m * dy - dbias - xhat * dweight)
 
-        return {"forward": forward, "eval": evaluate, "backward": backward}[op]
+        def backward_no_dx():
+            mean = x.mean(axis=ax, keepdims=True)
+            invstd = 1 / np.sqrt(x.var(axis=ax, keepdims=True) + EPS)
+            return (dy * (x - mean)).sum(axis=ax) * invstd.reshape(-1), dy.sum(axis=ax)
+
+        return {"forward": forward, "eval": evaluate, "backward": backward,
+                "backward_no_dx": backward_no_dx}[op]
 
     # -- PyTorch CPU --------------------------------------------------------
     def torch(self, op: str) -> Callable[[], object] | None:
@@ -135,11 +143,12 @@ class Case:
             return lambda: fbn(x, rm, rv, w, b, True, MOMENTUM, EPS)
         if op == "eval":
             return lambda: fbn(x, rm, rv, w, b, False, MOMENTUM, EPS)
-        if op == "backward":
+        if op in ("backward", "backward_no_dx"):
             dy = self._torch_tensor(torch, self.dy)
             _, mean, invstd = torch.native_batch_norm(x, w, b, rm, rv, True, MOMENTUM, EPS)
             backward = torch.ops.aten.native_batch_norm_backward
-            return lambda: backward(dy, x, w, rm, rv, mean, invstd, True, EPS, [True, True, True])
+            mask = [op == "backward", True, True]
+            return lambda: backward(dy, x, w, rm, rv, mean, invstd, True, EPS, mask)
         raise ValueError(f"op must be one of {OPS}, got {op!r}")
 
     def _torch_tensor(self, torch, a: np.ndarray):
