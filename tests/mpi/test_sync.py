@@ -334,3 +334,39 @@ def test_data_parallel_example_matches_one_process():
         if isinstance(a, fastbn.BatchNorm):
             assert_close(a.running_var, b.running_var, rtol=1e-9, atol=1e-9, what="running_var")
     assert_close(history, single_history, rtol=1e-9, atol=1e-9, what="history")
+
+
+@pytest.mark.parametrize("split", ["uneven", "empty"])
+def test_embedding_options_over_ranks(split):
+    """The framework-facing options in a synchronized call: biased running
+    variance, (1, C, 1, 1) parameters and running statistics, cache.mean and
+    cache.var of the whole batch, input_grad=False, dx into out, float16."""
+    sizes = SPLITS[split]
+    x, dy = _global_batch(sizes, 4, "NCHW", np.float64, seed=11)
+    C = 3
+    w = np.linspace(0.5, 1.5, C).reshape(1, C, 1, 1)
+    b = np.linspace(-1.0, 1.0, C).reshape(1, C, 1, 1)
+    rm, rv = np.zeros((1, C, 1, 1)), np.ones((1, C, 1, 1))
+    xs, dys = _slice(x, sizes), _slice(dy, sizes)
+    y, cache = fastbn.batch_norm_forward(xs, w, b, running_mean=rm, running_var=rv, comm=COMM,
+                                         unbiased_running_var=False)
+    ref_y, mean, var = ref.forward_train(x, w.reshape(C), b.reshape(C))
+    check_y(y, _slice(ref_y, sizes), np.float64)
+    _check_vector(cache.mean, mean, np.float64, "cache.mean")
+    _check_vector(cache.var, var, np.float64, "cache.var")
+    _check_vector(rv.reshape(C), 0.9 + 0.1 * var, np.float64, "biased running_var")
+    ref_dx, ref_dw, ref_db = ref.backward_train(dy, x, w.reshape(C))
+    none, dw, db = fastbn.batch_norm_backward(dys, cache, input_grad=False)
+    assert none is None
+    _check_vector(dw, ref_dw, np.float64, "dweight")
+    out = np.empty_like(xs)
+    dx, _, _ = fastbn.batch_norm_backward(dys, cache, out=out)
+    assert dx is out
+    check_y(out, _slice(ref_dx, sizes), np.float64, "dx")
+
+    half = fastbn.SyncBatchNorm(C, comm=COMM, dtype=np.float16)
+    y16 = half.forward(xs.astype(np.float16))
+    dx16 = half.backward(dys.astype(np.float16))
+    assert y16.dtype == dx16.dtype == half.grad_weight.dtype == np.float16
+    y_ref16, _, _ = ref.forward_train(x.astype(np.float16).astype(np.float64))
+    np.testing.assert_allclose(y16, _slice(y_ref16, sizes), rtol=2e-3, atol=2e-3)
