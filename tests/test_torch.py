@@ -192,3 +192,60 @@ def test_no_running_stats_eval_matches_torch(rng):
     with torch.no_grad():
         yt = tbn(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(bn(x), yt, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_embedding_options_vs_torch(rng, layout):
+    """(1, C, 1, 1)-shaped parameters, cache.mean/var and input_grad=False
+    against PyTorch's functional batch norm and its masked native backward
+    (float64). (eps = 0: PyTorch 2.13 refuses it in training; see
+    test_eps_zero_vs_reference.)"""
+    x = rng.standard_normal((6, 4, 5, 3)) * 2 + 1
+    dy = rng.standard_normal(x.shape)
+    w, b = rng.standard_normal(4), rng.standard_normal(4)
+    xt = torch.tensor(x, requires_grad=True)
+    wt, bt = torch.tensor(w, requires_grad=True), torch.tensor(b, requires_grad=True)
+    rm_t, rv_t = torch.zeros(4, dtype=torch.float64), torch.ones(4, dtype=torch.float64)
+    yt = torch.nn.functional.batch_norm(xt, rm_t, rv_t, wt, bt, True, 0.1, 1e-5)
+    yt.backward(torch.tensor(dy))
+    xf = x if layout == "NCHW" else np.ascontiguousarray(np.moveaxis(x, 1, -1))
+    dyf = dy if layout == "NCHW" else np.ascontiguousarray(np.moveaxis(dy, 1, -1))
+    pshape = (1, 4, 1, 1) if layout == "NCHW" else (1, 1, 1, 4)
+    rm, rv = np.zeros(pshape), np.ones(pshape)
+    y, cache = fastbn.batch_norm_forward(xf, w.reshape(pshape), b.reshape(pshape), eps=1e-5,
+                                         running_mean=rm, running_var=rv, layout=layout)
+    if layout == "NHWC":
+        y = np.moveaxis(y, -1, 1)
+    np.testing.assert_allclose(y, yt.detach().numpy(), rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(rm.reshape(4), rm_t.numpy(), rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(rv.reshape(4), rv_t.numpy(), rtol=1e-12)
+    mean_t = x.mean(axis=(0, 2, 3))
+    np.testing.assert_allclose(cache.mean, mean_t, rtol=1e-12, atol=1e-14)
+    dx, dw, db = fastbn.batch_norm_backward(dyf, cache, input_grad=False)
+    assert dx is None
+    np.testing.assert_allclose(dw, wt.grad.numpy(), rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(db, bt.grad.numpy(), rtol=1e-10, atol=1e-10)
+    # PyTorch's own backward asked for the same two gradients only
+    _, mean, invstd = torch.native_batch_norm(torch.tensor(x), torch.tensor(w), torch.tensor(b),
+                                              None, None, True, 0.1, 1e-5)
+    gx, gw, gb = torch.ops.aten.native_batch_norm_backward(
+        torch.tensor(dy), torch.tensor(x), torch.tensor(w), None, None, mean, invstd, True, 1e-5,
+        [False, True, True])
+    assert gx is None
+    np.testing.assert_allclose(dw, gw.numpy(), rtol=1e-10, atol=1e-10)
+
+
+def test_eps_zero_vs_reference(rng):
+    """eps = 0 (allowed, as MyGrad's docstring example uses it): the float64
+    reference's output and gradients."""
+    import reference as ref
+
+    x = rng.standard_normal((5, 3, 4)) * 2 + 1
+    dy = rng.standard_normal(x.shape)
+    w, b = rng.standard_normal(3), rng.standard_normal(3)
+    y, cache = fastbn.batch_norm_forward(x, w, b, eps=0.0)
+    y_ref, _, _ = ref.forward_train(x, w, b, 0.0)
+    np.testing.assert_allclose(y, y_ref, rtol=1e-12, atol=1e-12)
+    dx, dw, db = fastbn.batch_norm_backward(dy, cache)
+    for got, want in zip((dx, dw, db), ref.backward_train(dy, x, w, 0.0)):
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
