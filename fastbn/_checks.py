@@ -224,9 +224,13 @@ def channel_vector(value, name: str, num_channels: int, *, in_place: bool = Fals
     if arr.shape != (num_channels,) and _broadcasts_along(arr.shape, num_channels, x, axis):
         arr = arr.reshape(num_channels)  # a view: only one axis is longer than 1
     if arr.shape != (num_channels,):
+        broadcast = ""
+        if x is not None and arr.ndim > 1:
+            example = tuple(num_channels if i == axis else 1 for i in range(x.ndim))
+            broadcast = f" or a shape that broadcasts along that axis only, such as {example}"
         raise ValueError(f"{name} must have shape ({num_channels},) "
-                         f"{_channel_source(num_channels, x, axis)}, got shape {arr.shape}"
-                         f"{_vector_hint(arr, x, axis)}")
+                         f"{_channel_source(num_channels, x, axis)}{broadcast}, "
+                         f"got shape {arr.shape}{_vector_hint(arr, x, axis)}")
     if in_place and not arr.flags.writeable:
         raise ValueError(f"{name} must be writable (it is updated in place), got a read-only array")
     return arr

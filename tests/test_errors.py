@@ -76,7 +76,7 @@ FUNCTIONAL_CASES = [
     ("bias_channels", lambda s: s.fwd(bias=np.zeros(7, np.float32)),
      ValueError, [("7",), ("3",)]),
     ("weight_2d", lambda s: s.fwd(weight=np.ones((1, C), np.float32)),  # C on the last axis
-     ValueError, [("1, 3",), ("(3,)", "3 channels", "3")]),
+     ValueError, [("1, 3",), ("(3,)", "3 channels", "3"), ("broadcasts",), ("(1, 3, 1)",)]),
     ("running_mean_channels", lambda s: s.fwd(running_mean=np.zeros(7, np.float32)),
      ValueError, [("7",), ("3",)]),
     ("running_var_channels_eval",
