@@ -106,6 +106,9 @@ def _moments(x: np.ndarray, plan: Plan) -> tuple[np.ndarray, np.ndarray]:
     return mean, var
 
 
+#: float16 inputs are widened (compared by identity: cheaper than ==).
+_HALF = np.dtype(np.float16)
+
 #: Empty vectors stand for an absent weight or bias in kernel calls.
 _NONE = {np.dtype(np.float32): np.empty(0, np.float32), np.dtype(np.float64): np.empty(0)}
 
@@ -142,7 +145,7 @@ def batch_stats(x, *, layout: str = "NCHW") -> tuple[np.ndarray, np.ndarray]:
     """
     x = _checks.tensor(x)
     axis, _ = _checks.channels(x, layout)
-    wide = x.astype(np.float32) if x.dtype == np.float16 else x
+    wide = x.astype(np.float32) if x.dtype is _HALF else x
     mean, var = _moments(wide, Plan(wide, axis))
     return mean.astype(x.dtype), var.astype(x.dtype)
 
@@ -327,7 +330,7 @@ def _forward(a: _Forward, training: bool, sync=None, unbiased: bool = True
     of ``sync`` when given (then ``a.count`` is the count of all ranks);
     ``unbiased``: the running variance gets ``var * m / (m - 1)``, else
     ``var``."""
-    if a.x.dtype == np.float16:
+    if a.x.dtype is _HALF:
         return _half_forward(a, training, sync, unbiased)
     x, c = a.x, a.channels
     plan = Plan(x, a.axis) if x.size else None
@@ -456,7 +459,7 @@ def batch_norm_backward(dy, cache: BatchNormCache, *, input_grad: bool = True, o
         )
     if not isinstance(input_grad, (bool, np.bool_)):
         raise TypeError(f"input_grad must be True or False, got {_checks.describe(input_grad)}")
-    if cache.x.dtype == np.float16:
+    if cache.x.dtype is _HALF:
         return _half_backward(dy, cache, input_grad, out, comm)
     sync = cache.sync
     if comm is not None and (sync is None or comm is not sync.comm):
@@ -468,8 +471,11 @@ def batch_norm_backward(dy, cache: BatchNormCache, *, input_grad: bool = True, o
     x, plan = cache.x, cache.plan
     mean, c = cache._mean, cache._mean.size
     dtype = x.dtype
-    with np.errstate(divide="ignore"):  # eps = 0 and a constant channel: inf, as in PyTorch
+    if cache.eps > 0:
         invstd = 1.0 / np.sqrt(cache._var + cache.eps)
+    else:
+        with np.errstate(divide="ignore"):  # a constant channel: inf, as in PyTorch
+            invstd = 1.0 / np.sqrt(cache._var)
     if sync is not None:
         error = None
         try:
