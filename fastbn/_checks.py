@@ -173,6 +173,13 @@ def _is_real(value) -> bool:
     )
 
 
+def flag(value, name: str) -> bool:
+    """A True/False option (a NumPy bool too)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {describe(value)}")
+    return bool(value)
+
+
 def eps(value) -> float:
     if not _is_real(value):
         raise TypeError(f"eps must be a real number >= 0, got {describe(value)}")

@@ -74,10 +74,9 @@ def derive(machine: Machine) -> Choices:
 def tuning_path() -> str | None:
     """Where ``python -m fastbn tune`` keeps its result: beside the kernels'
     compile cache (None if there is no cache)."""
-    from .kernels import stats_cf
+    from ._warmup import cache_dir
 
-    cache = getattr(stats_cf.parallel, "_cache", None)
-    path = getattr(cache, "_cache_path", None)
+    path = cache_dir()
     return None if path is None else os.path.join(path, "tuning.json")
 
 

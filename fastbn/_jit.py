@@ -28,7 +28,9 @@ except ImportError:  # pragma: no cover - not POSIX
     fcntl = None
 
 #: LLVM fast-math flags: reassociation lets reductions vectorise, but no
-#: ``nnan``/``ninf`` so that NaN and Inf still propagate.
+#: ``nnan``/``ninf`` so that NaN and Inf still propagate, and no ``arcp``:
+#: the divisions (block means, shifts) stay correctly rounded; none is in a
+#: hot loop.
 FASTMATH = frozenset({"nsz", "contract", "afn", "reassoc"})
 
 #: Inputs with fewer elements than this run the serial twin (set from the

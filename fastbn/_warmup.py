@@ -39,23 +39,20 @@ def _workload(layout: str, dtype: str, strided: bool) -> None:
     over every other sample of such inputs (views the kernels cannot see as
     contiguous, which compile variants of their own)."""
     from . import _choices, functional as F
+    from .kernels import RUN_BYTES
 
     dt = np.dtype(dtype)
-    if layout == "NCHW":
-        per_run = 4096 // dt.itemsize  # kernels.RUN_BYTES: runs that long are not walked
-        shapes = [(4, 16, 2, 2), (2, 16, 1, per_run)]
+    if layout == "NCHW":  # runs shorter than RUN_BYTES are walked, longer ones not
+        shapes = [(4, 16, 2, 2), (2, 16, 1, RUN_BYTES // dt.itemsize)]
     else:
         shapes = [(4, 2, 2, 16)]
-    # A dry run computes garbage: its warnings mean nothing.
-    warnings.simplefilter("ignore")
     saved = _choices.CHOICES
     every, none = (replace(saved, fused_max_channel_bytes=m, fused_max_total=m)
                    for m in (1 << 62, 0))
     try:
         for shape, choices in ((s, c) for s in shapes for c in (none, every)):
             _choices.CHOICES = choices
-            x = np.zeros(shape, dt)
-            x = np.zeros((2 * shape[0], *shape[1:]), dt)[::2] if strided else x
+            x = np.zeros((2 * shape[0], *shape[1:]), dt)[::2] if strided else np.zeros(shape, dt)
             c = shape[1] if layout == "NCHW" else shape[-1]
             for stats_dtype in (dt, np.float64):
                 rm, rv = np.zeros(c, stats_dtype), np.ones(c, stats_dtype)
@@ -78,6 +75,7 @@ def signatures(layouts: Iterable[str] = LAYOUTS, dtypes: Iterable[str] = DTYPES,
     from . import _jit
 
     with _jit.recording() as calls, warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")  # a dry run computes garbage: its warnings mean nothing
         for layout in layouts:
             for dtype in dtypes:
                 for variant in (False, True) if strided else (False,):

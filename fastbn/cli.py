@@ -9,7 +9,6 @@ demo of :mod:`fastbn.demo`).
 from __future__ import annotations
 
 import argparse
-import glob
 import os
 import platform
 import sys
@@ -22,19 +21,6 @@ import numpy as np
 import fastbn
 
 
-def _cache_dirs() -> list[str]:
-    """Where the kernels' compiled code is cached (one folder in practice)."""
-    from fastbn.kernels import dispatchers
-
-    paths = set()
-    for d in dispatchers():
-        cache = getattr(d, "_cache", None)
-        path = getattr(cache, "_cache_path", None)
-        if path:
-            paths.add(path)
-    return sorted(paths)
-
-
 def info(args: argparse.Namespace) -> int:
     from fastbn.benchmark import parallel_copy
 
@@ -42,8 +28,10 @@ def info(args: argparse.Namespace) -> int:
     from fastbn._choices import CHOICES as c, MACHINE as m
     from fastbn.kernels import RUN_BYTES
 
-    dirs = _cache_dirs()
-    entries = sum(len(glob.glob(os.path.join(d, "kernels.*.nbi"))) for d in dirs)
+    from fastbn._warmup import cache_dir, cache_files
+
+    path = cache_dir()
+    entries = sum(f.endswith(".nbi") for f in cache_files())
     lines = [
         ("fastbn", fastbn.__version__),
         ("numpy", np.__version__),
@@ -59,7 +47,7 @@ def info(args: argparse.Namespace) -> int:
         ("  channel per task", f"channels of at most {c.fused_max_channel_bytes >> 10} KiB in runs "
                                f"of at least {RUN_BYTES} B, inputs of at most "
                                f"{c.fused_max_total >> 20} MiB"),
-        ("compile cache", ", ".join(dirs) or "none (caching unavailable)"),
+        ("compile cache", path or "none (caching unavailable)"),
         ("cache state", f"warm ({entries} kernel index files)" if entries else "cold (kernels compile on first use)"),
     ]
     width = max(len(k) for k, _ in lines)

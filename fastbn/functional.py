@@ -281,11 +281,9 @@ def batch_norm_forward(
         When the batch statistics are not finite; the running statistics
         are then left unchanged.
     """
-    if not isinstance(unbiased_running_var, (bool, np.bool_)):
-        raise TypeError("unbiased_running_var must be True or False, got "
-                        f"{_checks.describe(unbiased_running_var)}")
+    unbiased = _checks.flag(unbiased_running_var, "unbiased_running_var")
     return _forward_call(x, weight, bias, training, running_mean, running_var, momentum, eps,
-                         layout, out, comm, unbiased=bool(unbiased_running_var))
+                         layout, out, comm, unbiased=unbiased)
 
 
 def _forward_call(x, weight, bias, training, running_mean, running_var, momentum, eps, layout,
@@ -457,8 +455,7 @@ def batch_norm_backward(dy, cache: BatchNormCache, *, input_grad: bool = True, o
             f"cache must be the BatchNormCache returned by batch_norm_forward, "
             f"got {type(cache).__name__}"
         )
-    if not isinstance(input_grad, (bool, np.bool_)):
-        raise TypeError(f"input_grad must be True or False, got {_checks.describe(input_grad)}")
+    input_grad = _checks.flag(input_grad, "input_grad")
     if cache.x.dtype is _HALF:
         return _half_backward(dy, cache, input_grad, out, comm)
     sync = cache.sync

@@ -78,10 +78,7 @@ class BatchNorm:
         self.layout = _checks.layout(layout)
         self.affine = bool(affine)
         self.track_running_stats = bool(track_running_stats)
-        if not isinstance(unbiased_running_var, (bool, np.bool_)):
-            raise TypeError("unbiased_running_var must be True or False, got "
-                            f"{_checks.describe(unbiased_running_var)}")
-        self.unbiased_running_var = bool(unbiased_running_var)
+        self.unbiased_running_var = _checks.flag(unbiased_running_var, "unbiased_running_var")
         self.dtype = dtype
         c = self.num_features
         self.weight = np.ones(c, dtype) if affine else None
