@@ -4,14 +4,10 @@ that names what was expected and what was given."""
 from __future__ import annotations
 
 import numbers
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ._layout import LAYOUTS, channel_axis
-
-if TYPE_CHECKING:
-    from .layer import BatchNorm
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 #: Input dtypes: float16 too, a storage format computed in float32.
@@ -139,24 +135,6 @@ def _layout_hint(shape: tuple, layout_: str, num_channels: int, what: str = "arr
     return ""
 
 
-def layer_input(x, layer: BatchNorm) -> np.ndarray:
-    """``x`` checked (type, rank and channel count) for ``layer``, which has
-    ``num_features`` and ``layout``; a mismatch is named in the layer's
-    terms, e.g. ``BatchNorm(num_features=32, layout='NCHW') expects 32
-    channels on axis 1 ...``."""
-    x = tensor(x)
-    rank(x)
-    n, layout_ = layer.num_features, layer.layout
-    axis = channel_axis(x.ndim, layout_)
-    if x.shape[axis] != n:
-        raise ValueError(
-            f"{type(layer).__name__}(num_features={n}, layout={layout_!r}) expects {n} "
-            f"channels on axis {axis} of a rank-{x.ndim} input, got shape {x.shape}"
-            f"{_layout_hint(x.shape, layout_, n)}"
-        )
-    return x
-
-
 def values_per_channel(x: np.ndarray, num_channels: int, training: bool) -> int:
     m = x.size // num_channels
     if training and m < 2:
@@ -240,6 +218,18 @@ def channel_vector(value, name: str, num_channels: int, *, in_place: bool = Fals
                          f"got shape {arr.shape}{_vector_hint(arr, x, axis)}")
     if in_place and not arr.flags.writeable:
         raise ValueError(f"{name} must be writable (it is updated in place), got a read-only array")
+    return arr
+
+
+def shaped_array(value, name: str, shape: tuple, source: str) -> np.ndarray:
+    """A float array of exactly ``shape`` (array-like: a layer's state, a
+    LayerNorm weight); a mismatch names ``source``, where the shape comes
+    from (e.g. ``"num_features=3"``)."""
+    arr = _as_array(value, name, "a NumPy array or a sequence of floats")
+    if arr.dtype.kind != "f":
+        raise TypeError(f"{name} must have a float dtype, got {_given_dtype(value, arr)}")
+    if arr.shape != shape:
+        raise ValueError(f"{name} must have shape {shape} ({source}), got shape {arr.shape}")
     return arr
 
 

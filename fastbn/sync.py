@@ -70,7 +70,7 @@ class SyncBatchNorm(BatchNorm):
         self.comm = comm
 
     def __repr__(self) -> str:
-        return "Sync" + super().__repr__() + f" over {self.comm.Get_size()} ranks"
+        return super().__repr__() + f" over {self.comm.Get_size()} ranks"
 
     def _communicator(self):
         return self.comm if self.training else None
