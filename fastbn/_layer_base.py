@@ -45,7 +45,8 @@ class NormLayer:
     cache of the last forward, the gradients, the mode and the state dict.
     """
 
-    #: The argument named by an input of the wrong channel count.
+    #: The constructor argument that sets the state's shape (the channel
+    #: count), named by the errors of a wrong input or state dict.
     _SIZE_ARG = "num_features"
     #: The lowest input rank accepted (the highest is 5).
     _MIN_RANK = 2
@@ -101,13 +102,18 @@ class NormLayer:
     def _forward(self, x):
         raise NotImplementedError
 
-    def _check_input(self, x) -> np.ndarray:
-        """``x`` checked against the layer (type, rank, channel count) before
-        anything else, so that a mismatch is named in the layer's terms."""
+    def _ranked(self, x) -> np.ndarray:
+        """``x`` as a float ndarray of a rank the layer takes."""
         x = _checks.tensor(x)
         if not self._MIN_RANK <= x.ndim <= 5:
             raise ValueError(f"x: expected an input of rank {self._MIN_RANK} to 5, "
                              f"got rank {x.ndim} (shape {x.shape})")
+        return x
+
+    def _check_input(self, x) -> np.ndarray:
+        """``x`` checked against the layer (type, rank, channel count) before
+        anything else, so that a mismatch is named in the layer's terms."""
+        x = self._ranked(x)
         n, layout = getattr(self, self._SIZE_ARG), self.layout
         axis = channel_axis(x.ndim, layout)
         if x.shape[axis] != n:
