@@ -12,6 +12,7 @@ opens a parallel region).
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import stat
 import tempfile
@@ -121,6 +122,38 @@ def _lock_cache_writes(dispatcher: numba.core.registry.CPUDispatcher) -> None:
     cache_file.save = save_locked
 
 
+@functools.lru_cache(maxsize=None)
+def _folder_stamp(folder: str) -> tuple:
+    """(name, mtime, size) of every Python file in ``folder``."""
+    stamps = []
+    for name in sorted(os.listdir(folder)):
+        if name.endswith(".py"):
+            st = os.stat(os.path.join(folder, name))
+            stamps.append((name, st.st_mtime, st.st_size))
+    return tuple(stamps)
+
+
+def _stamp_siblings(dispatcher: numba.core.registry.CPUDispatcher) -> None:
+    """Make ``dispatcher``'s cache entries stale when any module beside its
+    source file changes, not only that file.
+
+    Numba checks the stamp of the kernel's own file only, but the machine
+    code it caches includes the helpers and constants the kernel takes from
+    the other modules of its package (:mod:`fastbn.kernels`): their stamps
+    are added to the one Numba stores (numba's private names: without them,
+    Numba's own stamp stays).
+    """
+    cache_file = getattr(getattr(dispatcher, "_cache", None), "_cache_file", None)
+    stamp = getattr(cache_file, "_source_stamp", None)
+    if stamp is None:
+        return
+    folder = os.path.dirname(os.path.abspath(dispatcher.py_func.__code__.co_filename))
+    try:
+        cache_file._source_stamp = (stamp, _folder_stamp(folder))
+    except OSError:
+        pass
+
+
 def _cached_njit(func: Callable, **options) -> numba.core.registry.CPUDispatcher:
     """``numba.njit(cache=True)`` that survives a read-only install.
 
@@ -135,6 +168,7 @@ def _cached_njit(func: Callable, **options) -> numba.core.registry.CPUDispatcher
             raise
         numba.config.CACHE_DIR = _fallback_cache_dir()
         dispatcher = numba.njit(cache=True, **options)(func)
+    _stamp_siblings(dispatcher)
     _lock_cache_writes(dispatcher)
     return dispatcher
 

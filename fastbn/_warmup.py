@@ -162,12 +162,16 @@ def cache_dir() -> str | None:
 
 def cache_files() -> list[str]:
     """fastbn's files in the compile cache: index, data and lock files of
-    the kernels (not the calibration kept beside them)."""
+    the kernels (not the calibration kept beside them). Numba names them
+    after the kernel's module file (``stats.stats_cf-...nbi``)."""
+    from . import kernels
+
     path = cache_dir()
     if path is None or not os.path.isdir(path):
         return []
+    modules = tuple({d.py_func.__module__.rpartition(".")[2] + "." for d in kernels.dispatchers()})
     return sorted(os.path.join(path, f) for f in os.listdir(path)
-                  if f.startswith("kernels.") and f.endswith((".nbi", ".nbc", ".lock")))
+                  if f.startswith(modules) and f.endswith((".nbi", ".nbc", ".lock")))
 
 
 def is_cached(name: str, twin: str, sig: tuple) -> bool | None:

@@ -286,7 +286,7 @@ def test_readonly_install_is_really_readonly(readonly_install):
         kw = dict(user=NOBODY, group=NOBODY, extra_groups=[])
     elif inst.strategy == "nodac":
         prefix = [shutil.which("setpriv"), "--bounding-set", "-dac_override"]
-    target = inst.site / "fastbn" / "__pycache__"
+    target = inst.site / "fastbn" / "kernels" / "__pycache__"
     code = f"import os; os.makedirs({str(target)!r})"
     proc = subprocess.run([*prefix, sys.executable, "-c", code], capture_output=True,
                           text=True, timeout=60, cwd="/", env=_base_env(), **kw)

@@ -1,0 +1,67 @@
+"""Numba kernels: plain loop nests, no validation; blocks summed in the input
+dtype, partial results merged in float64.
+
+Every kernel comes in two shapes of the same data:
+
+* ``_cf`` (channels first in memory): a ``(A, C, B)`` view whose last axis
+  runs through one channel. NCHW data is ``(N, C, H*W)``.
+* ``_cl`` (channels last in memory): an ``(R, C)`` view whose rows hold one
+  value per channel. NHWC data is ``(N*H*W, C)``; so is rank-2 input.
+
+Work is split into tasks whose boundaries depend only on the shape, never on
+the thread count, and partial results are merged in a fixed order: results
+are bit-identical whatever the number of threads, serial or parallel.
+
+Statistics are exact in the way a two-pass algorithm is: each block of at
+most ``BLOCK`` values (cache-resident) is summed twice, first for its mean,
+then for the deviations from it and their squares. Block sums run in the
+input's dtype, so float32 data vectorises at full SIMD width; a block is
+small, so they stay exact to a few ulps. Blocks, tasks and channels are then
+combined in float64 with Chan et al.'s pairwise update on (count, mean, M2).
+
+Element-wise kernels compute ``(x - center) * scale + shift`` with the
+center kept apart from the shift: ``x - center`` is exact when the mean
+dwarfs the spread, so float32 arithmetic keeps the accuracy of the float64
+statistics (the center's rounding error is folded into the shift).
+
+Modules: :mod:`._tasks` (task sizes and splitting), :mod:`._moments`
+(exact statistics of a task), :mod:`.stats`, :mod:`.grad_sums`,
+:mod:`.maps` (element-wise), :mod:`.fused` (channel per task) and
+:mod:`.running`.
+"""
+
+from __future__ import annotations
+
+from ._tasks import (BLOCK, CHUNK, CL_BLOCK, CL_CHUNK, COLUMNS, MAX_CHUNKS, PILOT, PILOT_ROWS,
+                     ROWS, RUN_BYTES, WALK_BYTES)
+from .fused import backward_cf, forward_cf
+from .grad_sums import grad_sums_cf, grad_sums_cl, grad_sums_walk
+from .maps import affine_cf, affine_cl, grad_input_cf, grad_input_cl
+from .running import update_running
+from .stats import stats_cf, stats_cl, stats_walk
+
+__all__ = [
+    "BLOCK", "CHUNK", "CL_BLOCK", "CL_CHUNK", "COLUMNS", "MAX_CHUNKS", "PILOT", "PILOT_ROWS",
+    "ROWS", "RUN_BYTES", "WALK_BYTES", "KERNELS", "dispatchers",
+    "stats_cf", "stats_walk", "stats_cl", "grad_sums_cf", "grad_sums_walk", "grad_sums_cl",
+    "affine_cf", "affine_cl", "grad_input_cf", "grad_input_cl", "forward_cf", "backward_cf",
+    "update_running",
+]
+
+#: Kernels by step and memory order: "cf", "walk" (channels first with runs
+#: shorter than RUN_BYTES: only the reductions differ) and "cl".
+KERNELS = {
+    "stats": {"cf": stats_cf, "walk": stats_walk, "cl": stats_cl},
+    "grad_sums": {"cf": grad_sums_cf, "walk": grad_sums_walk, "cl": grad_sums_cl},
+    "affine": {"cf": affine_cf, "walk": affine_cf, "cl": affine_cl},
+    "grad_input": {"cf": grad_input_cf, "walk": grad_input_cf, "cl": grad_input_cl},
+    "fused_forward": {"cf": forward_cf},
+    "fused_backward": {"cf": backward_cf},
+    "update_running": {"any": update_running},
+}
+
+
+def dispatchers() -> list:
+    """Every Numba dispatcher of the package (for cache and compile checks)."""
+    every = {id(k): k for group in KERNELS.values() for k in group.values()}
+    return [d for k in every.values() for d in k.dispatchers()]

@@ -1,0 +1,74 @@
+"""Channel-per-task training kernels over ``_cf`` views: a channel's
+statistics (or gradient sums) and its element-wise pass while it is still
+in cache, in the chunks of the two-pass kernels (the same bits)."""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import prange
+
+from .._jit import kernel
+from ._moments import _cf_moments, _merge_chunks
+from ._tasks import CHUNK, MAX_CHUNKS, _n_chunks
+from .grad_sums import _cf_grad_totals
+from .maps import _affine_coeffs, _grad_coeffs
+
+
+@kernel
+def forward_cf(x, weight, bias, eps, mean, var, y, tasks):
+    """Training forward over an ``(A, C, B)`` view, a channel per task: its
+    statistics, then its normalization while the channel is still in cache
+    (one read of x from memory instead of two). For channels that fit in
+    cache and runs of :data:`RUN_BYTES` or more; the statistics are summed
+    in the chunks of :func:`stats_cf`, so the results are the same bits.
+    ``mean`` and ``var`` receive the statistics."""
+    na, nc, nb = x.shape
+    m = na * nb
+    nch = _n_chunks(m, CHUNK, MAX_CHUNKS)
+    size = (m + nch - 1) // nch
+    n_c = nc
+    ng = min(n_c, tasks)
+    for grp in prange(ng):
+        part_mean = np.empty(nch)
+        part_m2 = np.empty(nch)
+        for c in range(grp * n_c // ng, (grp + 1) * n_c // ng):
+            for k in range(nch):
+                part_mean[k], part_m2[k] = _cf_moments(x, c, k * size, min(m, k * size + size))
+            mean[c], var[c] = _merge_chunks(part_mean, part_m2, m, size)
+            center, scale, shift = _affine_coeffs(x, c, mean, var, weight, bias, eps)
+            for a in range(na):
+                xr = x[a, c]
+                yr = y[a, c]
+                for b in range(nb):
+                    yr[b] = (xr[b] - center) * scale + shift
+
+
+@kernel
+def backward_cf(dy, x, mean, invstd, weight, count, sum_dy, sum_dy_xc, dx, tasks):
+    """Training backward over ``(A, C, B)`` views, a channel per task: its
+    sums (in the chunks of :func:`grad_sums_cf`: the same bits), then its
+    ``dx`` while the channel's x and dy are still in cache."""
+    na, nc, nb = x.shape
+    m = na * nb
+    nch = _n_chunks(m, CHUNK, MAX_CHUNKS)
+    size = (m + nch - 1) // nch
+    n_c = nc
+    ng = min(n_c, tasks)
+    for grp in prange(ng):
+        for c in range(grp * n_c // ng, (grp + 1) * n_c // ng):
+            center = x.dtype.type(mean[c])
+            s = 0.0
+            sx = 0.0
+            for k in range(nch):
+                bs, bsx = _cf_grad_totals(dy, x, c, k * size, min(m, k * size + size), center)
+                s += bs
+                sx += bsx
+            sum_dy[c] = s
+            sum_dy_xc[c] = sx - (mean[c] - np.float64(center)) * s
+            center, g, h, e = _grad_coeffs(x, c, mean, invstd, weight, sum_dy, sum_dy_xc, count)
+            for a in range(na):
+                gr = dy[a, c]
+                xr = x[a, c]
+                dr = dx[a, c]
+                for b in range(nb):
+                    dr[b] = g * gr[b] + h * (xr[b] - center) + e

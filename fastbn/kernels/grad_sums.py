@@ -1,0 +1,185 @@
+"""Gradient-sum kernels: per-channel ``sum(dy)`` and
+``sum(dy * (x - mean))`` over ``_cf``, ``walk`` and ``_cl`` views, and
+their block-sum helpers."""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import prange
+
+from .._jit import helper, kernel
+from ._tasks import (BLOCK, CHUNK, CL_BLOCK, CL_CHUNK, COLUMNS, MAX_CHUNKS, ROWS, _as_dtype,
+                     _n_chunks, _walk_task, _walk_tasks)
+
+
+@helper
+def _cf_grad_sums(dy, x, c, j0, j1, center):
+    """Sums of ``dy`` and ``dy * (x - center)`` in x's dtype over values
+    ``j0:j1`` of channel ``c`` (as :func:`_cf_sums`)."""
+    nb = x.shape[2]
+    a = j0 // nb
+    b = j0 - a * nb
+    s = dy.dtype.type(0)
+    sx = s
+    j = j0
+    while j < j1:
+        run = min(nb - b, j1 - j)
+        gr = dy[a, c, b:b + run]
+        xr = x[a, c, b:b + run]
+        for q in range(run):
+            g = gr[q]
+            s += g
+            sx += g * (xr[q] - center)
+        j += run
+        a += 1
+        b = 0
+    return s, sx
+
+
+@helper
+def _cf_grad_totals(dy, x, c, j0, j1, center):
+    """float64 sums of ``dy`` and ``dy * (x - center)`` over values ``j0:j1``
+    of channel ``c``, block by block."""
+    s = 0.0
+    sx = 0.0
+    for j in range(j0, j1, BLOCK):
+        bs, bsx = _cf_grad_sums(dy, x, c, j, min(j1, j + BLOCK), center)
+        s += bs
+        sx += bsx
+    return s, sx
+
+
+@helper
+def _cf_walk_grad_sums(dy, x, a0, a1, c0, center, s, sx):
+    """float64 sums of ``dy`` and ``dy * (x - center)`` of channels
+    ``c0:c0 + len(s)`` over samples ``a0:a1``, walking memory in order (see
+    :func:`_cf_walk_moments`)."""
+    for _i in range(s.size):
+        s[_i] = 0.0
+    for _i in range(sx.size):
+        sx[_i] = 0.0
+    for a in range(a0, a1):
+        for c in range(s.size):
+            gr = dy[a, c0 + c]
+            xr = x[a, c0 + c]
+            mc = center[c0 + c]
+            bs = mc - mc
+            bsx = bs
+            for q in range(xr.size):
+                bs += gr[q]
+                bsx += gr[q] * (xr[q] - mc)
+            s[c] += bs
+            sx[c] += bsx
+
+
+@helper
+def _sum_parts(part_dy, part_dyx, mean, center, sum_dy, sum_dy_xc):
+    """Per channel, the sums of the parts (axis 1, in order), the second
+    moved from ``center`` (x's dtype) to the float64 ``mean``."""
+    for c in range(part_dy.shape[0]):
+        s = 0.0
+        sx = 0.0
+        for k in range(part_dy.shape[1]):
+            s += part_dy[c, k]
+            sx += part_dyx[c, k]
+        sum_dy[c] = s
+        sum_dy_xc[c] = sx - (mean[c] - np.float64(center[c])) * s
+
+
+@kernel
+def grad_sums_cf(dy, x, mean, sum_dy, sum_dy_xc, tasks):
+    """Per-channel ``sum(dy)`` and ``sum(dy * (x - mean))`` over
+    ``(A, C, B)`` views (float64 ``mean`` and results), tasks as
+    :func:`stats_cf`."""
+    na, nc, nb = x.shape
+    m = na * nb
+    nch = _n_chunks(m, CHUNK, MAX_CHUNKS)
+    size = (m + nch - 1) // nch
+    part_dy = np.empty((nc, nch))
+    part_dyx = np.empty((nc, nch))
+    center = _as_dtype(mean, x.dtype)
+    n_t = nc * nch
+    ng = min(n_t, tasks)
+    for grp in prange(ng):
+        for t in range(grp * n_t // ng, (grp + 1) * n_t // ng):
+            c = t // nch
+            k = t - c * nch
+            part_dy[c, k], part_dyx[c, k] = _cf_grad_totals(
+                dy, x, c, k * size, min(m, k * size + size), center[c])
+    _sum_parts(part_dy, part_dyx, mean, center, sum_dy, sum_dy_xc)
+
+
+@kernel
+def grad_sums_walk(dy, x, mean, sum_dy, sum_dy_xc, tasks):
+    """As :func:`grad_sums_cf`, tasks as :func:`stats_walk`."""
+    na, nc, nb = x.shape
+    nch, spc, cw = _walk_tasks(na, nc, nb, x.itemsize)
+    part_dy = np.empty((nc, nch))
+    part_dyx = np.empty((nc, nch))
+    center = _as_dtype(mean, x.dtype)
+    n_t = nch * ((nc + cw - 1) // cw)
+    ng = min(n_t, tasks)
+    for grp in prange(ng):
+        for t in range(grp * n_t // ng, (grp + 1) * n_t // ng):
+            k, a0, a1, c0, c1 = _walk_task(t, na, nc, spc, cw)
+            s = np.empty(c1 - c0)
+            sx = np.empty(s.size)
+            _cf_walk_grad_sums(dy, x, a0, a1, c0, center, s, sx)
+            for j in range(s.size):
+                part_dy[c0 + j, k] = s[j]
+                part_dyx[c0 + j, k] = sx[j]
+    _sum_parts(part_dy, part_dyx, mean, center, sum_dy, sum_dy_xc)
+
+
+@kernel
+def grad_sums_cl(dy, x, mean, sum_dy, sum_dy_xc, tasks):
+    """Per-column ``sum(dy)`` and ``sum(dy * (x - mean))`` over ``(R, C)``
+    views (float64 ``mean`` and results)."""
+    nr, nc = x.shape
+    width = min(nc, COLUMNS)
+    nrc = _n_chunks(nr, max(1, CL_CHUNK // width), min(nr, MAX_CHUNKS))
+    rsize = (nr + nrc - 1) // nrc
+    ncc = (nc + COLUMNS - 1) // COLUMNS
+    part_dy = np.empty((nrc, nc))
+    part_dyx = np.empty((nrc, nc))
+    n_t = nrc * ncc
+    ng = min(n_t, tasks)
+    for grp in prange(ng):
+        for t in range(grp * n_t // ng, (grp + 1) * n_t // ng):
+            i = t // ncc
+            k0 = (t - i * ncc) * COLUMNS
+            kw = min(nc, k0 + COLUMNS) - k0
+            r1 = min(nr, i * rsize + rsize)
+            rows = max(1, min(ROWS, CL_BLOCK // kw))
+            s = np.zeros(kw)
+            sx = np.zeros(kw)
+            bs = np.empty(kw, x.dtype)
+            bsx = np.empty(kw, x.dtype)
+            ck = _as_dtype(mean[k0:k0 + kw], x.dtype)
+            for r0 in range(i * rsize, r1, rows):
+                for k in range(kw):
+                    bs[k] = 0
+                    bsx[k] = 0
+                for r in range(r0, min(r1, r0 + rows)):
+                    g0 = dy[r, k0:k0 + kw]
+                    x0 = x[r, k0:k0 + kw]
+                    for k in range(kw):
+                        bs[k] += g0[k]
+                        bsx[k] += g0[k] * (x0[k] - ck[k])
+                for k in range(kw):
+                    s[k] += bs[k]
+                    sx[k] += bsx[k]
+            for j in range(kw):
+                part_dy[i, k0 + j] = s[j]
+                part_dyx[i, k0 + j] = sx[j]
+    n_k = nc
+    ng = min(n_k, tasks)
+    for grp in prange(ng):
+        for k in range(grp * n_k // ng, (grp + 1) * n_k // ng):
+            s = 0.0
+            sx = 0.0
+            for i in range(nrc):
+                s += part_dy[i, k]
+                sx += part_dyx[i, k]
+            sum_dy[k] = s
+            sum_dy_xc[k] = sx - (mean[k] - np.float64(x.dtype.type(mean[k]))) * s

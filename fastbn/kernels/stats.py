@@ -1,0 +1,87 @@
+"""Statistics kernels: per-channel mean and biased variance of ``_cf``
+views (a task per chunk of a channel), ``walk`` (in memory order, for short
+runs) and ``_cl`` views."""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import prange
+
+from .._jit import kernel
+from ._moments import _cf_moments, _cf_walk_moments, _cl_moments, _merge_all, _merge_chunks
+from ._tasks import CHUNK, CL_CHUNK, COLUMNS, MAX_CHUNKS, _n_chunks, _walk_task, _walk_tasks
+
+
+@kernel
+def stats_cf(x, mean, var, tasks):
+    """Per-channel mean and biased variance of an ``(A, C, B)`` view into
+    float64 ``mean`` and ``var``, a task per chunk of a channel."""
+    na, nc, nb = x.shape
+    m = na * nb
+    nch = _n_chunks(m, CHUNK, MAX_CHUNKS)
+    size = (m + nch - 1) // nch
+    part_mean = np.empty((nc, nch))
+    part_m2 = np.empty((nc, nch))
+    n_t = nc * nch
+    ng = min(n_t, tasks)
+    for grp in prange(ng):
+        for t in range(grp * n_t // ng, (grp + 1) * n_t // ng):
+            c = t // nch
+            k = t - c * nch
+            part_mean[c, k], part_m2[c, k] = _cf_moments(x, c, k * size, min(m, k * size + size))
+    _merge_all(part_mean, part_m2, m, size, mean, var, tasks)
+
+
+@kernel
+def stats_walk(x, mean, var, tasks):
+    """As :func:`stats_cf`, for runs shorter than :data:`RUN_BYTES`: a task
+    per chunk of samples and group of channels, walking memory in order."""
+    na, nc, nb = x.shape
+    nch, spc, cw = _walk_tasks(na, nc, nb, x.itemsize)
+    part_mean = np.empty((nc, nch))
+    part_m2 = np.empty((nc, nch))
+    n_t = nch * ((nc + cw - 1) // cw)
+    ng = min(n_t, tasks)
+    for grp in prange(ng):
+        for t in range(grp * n_t // ng, (grp + 1) * n_t // ng):
+            k, a0, a1, c0, c1 = _walk_task(t, na, nc, spc, cw)
+            mu = np.empty(c1 - c0)
+            m2 = np.empty(mu.size)
+            _cf_walk_moments(x, a0, a1, c0, mu, m2)
+            for j in range(mu.size):
+                part_mean[c0 + j, k] = mu[j]
+                part_m2[c0 + j, k] = m2[j]
+    _merge_all(part_mean, part_m2, na * nb, spc * nb, mean, var, tasks)
+
+
+@kernel
+def stats_cl(x, mean, var, tasks):
+    """Per-column mean and biased variance of an ``(R, C)`` view into float64
+    ``mean`` and ``var``."""
+    nr, nc = x.shape
+    width = min(nc, COLUMNS)
+    nrc = _n_chunks(nr, max(1, CL_CHUNK // width), min(nr, MAX_CHUNKS))
+    rsize = (nr + nrc - 1) // nrc
+    ncc = (nc + COLUMNS - 1) // COLUMNS
+    part_mean = np.empty((nc, nrc))
+    part_m2 = np.empty((nc, nrc))
+    n_t = nrc * ncc
+    ng = min(n_t, tasks)
+    for grp in prange(ng):
+        for t in range(grp * n_t // ng, (grp + 1) * n_t // ng):
+            i = t // ncc
+            k0 = (t - i * ncc) * COLUMNS
+            kw = min(nc, k0 + COLUMNS) - k0
+            r0 = i * rsize
+            r1 = min(nr, r0 + rsize)
+            mu = np.empty(kw)
+            m2 = np.empty(kw)
+            _cl_moments(x, r0, r1, k0, mu, m2)
+            for j in range(kw):
+                part_mean[k0 + j, i] = mu[j]
+                part_m2[k0 + j, i] = m2[j]
+    n_k = nc
+    ng = min(n_k, tasks)
+    for grp in prange(ng):
+        for k in range(grp * n_k // ng, (grp + 1) * n_k // ng):
+            mean[k], var[k] = _merge_chunks(part_mean[k], part_m2[k], nr, rsize)
