@@ -4,14 +4,31 @@ Times every op × layout × dtype × shape, peak memory of forward and
 backward, import + first call in a fresh interpreter, a thread sweep, and
 each op's time as a ratio to a parallel copy of the same array measured in
 the same process (``track_``), so that regressions show as a ratio rather
-than as machine noise. Cases and peers are shared with
+than as machine noise; the same for LayerNorm, GroupNorm and InstanceNorm
+(``TimeFamily``, ``TrackFamilyCopies``). Cases and peers are shared with
 ``benchmarks/compare.py`` through ``fastbn.benchmark``.
 """
 
 import numba
 
 from fastbn import benchmark as harness  # not its names: asv reads "rounds" as a setting
+from fastbn.bench_family import FAMILY, FAMILY_OPS, NO_LAYOUT, NORMS, make_case
 from fastbn.benchmark import DTYPES, LARGE, LAYOUTS, OPS, SHAPES, SMALL, Case
+
+#: The family's parameters: every norm × op × layout × dtype × shape name;
+#: :func:`family_case` skips the combinations a norm does not have.
+FAMILY_PARAMS = (list(FAMILY), list(FAMILY_OPS), [*LAYOUTS, NO_LAYOUT], list(DTYPES),
+                 list(dict.fromkeys(name for norm in FAMILY for name in NORMS[norm].shapes)))
+FAMILY_PARAM_NAMES = ["norm", "op", "layout", "dtype", "shape"]
+
+
+def family_case(norm, layout, dtype, shape):
+    """The case, or NotImplementedError (asv: skipped) for a shape or
+    layout that ``norm`` does not have."""
+    spec = NORMS[norm]
+    if shape not in spec.shapes or layout not in spec.layouts:
+        raise NotImplementedError(f"{norm} norm has no case {shape} {layout}")
+    return make_case(norm, shape, layout, dtype)
 
 
 class TimeOps:
@@ -64,6 +81,39 @@ class TrackCopies:
         self.fn = self.case.fastbn(op)
 
     def track_copies(self, op, layout, dtype, shape):
+        times = harness.rounds({"copy": self.case.copy, "fastbn": self.fn}, 21)
+        return harness.ratio(times, "fastbn", "copy")
+
+
+class TimeFamily:
+    """Wall time of one LayerNorm, GroupNorm or InstanceNorm call (JIT
+    warmed in setup)."""
+
+    params = FAMILY_PARAMS
+    param_names = FAMILY_PARAM_NAMES
+
+    def setup(self, norm, op, layout, dtype, shape):
+        self.fn = family_case(norm, layout, dtype, shape).fastbn(op)
+        self.fn()
+
+    def time_op(self, norm, op, layout, dtype, shape):
+        self.fn()
+
+
+class TrackFamilyCopies:
+    """TrackCopies for LayerNorm, GroupNorm and InstanceNorm (floors:
+    forward 1 copy, backward 4/3; ``fastbn.bench_family``)."""
+
+    params = FAMILY_PARAMS
+    param_names = FAMILY_PARAM_NAMES
+    unit = "copies"
+    timeout = 120
+
+    def setup(self, norm, op, layout, dtype, shape):
+        self.case = family_case(norm, layout, dtype, shape)
+        self.fn = self.case.fastbn(op)
+
+    def track_copies(self, norm, op, layout, dtype, shape):
         times = harness.rounds({"copy": self.case.copy, "fastbn": self.fn}, 21)
         return harness.ratio(times, "fastbn", "copy")
 

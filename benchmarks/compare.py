@@ -1,6 +1,7 @@
 """Side-by-side comparison: fastbn vs PyTorch vs NumPy vs a parallel copy.
 
-    python benchmarks/compare.py [--quick] [--json F] [--markdown F] [--plot F.png]
+    python benchmarks/compare.py [--norm {batch,layer,group,instance,all} ...] [--quick]
+                                 [--json F] [--markdown F] [--plot F.png]
 
 Same as ``python -m fastbn bench``; see ``fastbn.benchmark`` and ``fastbn.benchmark_report``.
 """

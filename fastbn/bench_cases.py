@@ -152,12 +152,16 @@ class Case:
         raise ValueError(f"op must be one of {OPS}, got {op!r}")
 
     def _torch_tensor(self, torch, a: np.ndarray):
-        if self.layout == "NCHW" or a.ndim == 2:
-            return torch.from_numpy(a)
-        t = torch.from_numpy(np.ascontiguousarray(np.moveaxis(a, -1, 1)))
-        fmt = {4: torch.channels_last, 5: torch.channels_last_3d}.get(a.ndim)
-        if fmt is None:  # rank 3: no channels-last format; keep (N, L, C) memory
-            return torch.from_numpy(a).permute(0, 2, 1)
-        return t.contiguous(memory_format=fmt)
+        return torch_tensor(torch, a, self.layout)
 
 
+def torch_tensor(torch, a: np.ndarray, layout: str):
+    """``a`` as a tensor in PyTorch's logical (N, C, ...) order with ``a``'s
+    memory order: channels_last for NHWC (any other layout: ``a`` itself)."""
+    if layout != "NHWC" or a.ndim == 2:
+        return torch.from_numpy(a)
+    t = torch.from_numpy(np.ascontiguousarray(np.moveaxis(a, -1, 1)))
+    fmt = {4: torch.channels_last, 5: torch.channels_last_3d}.get(a.ndim)
+    if fmt is None:  # rank 3: no channels-last format; keep (N, L, C) memory
+        return torch.from_numpy(a).permute(0, 2, 1)
+    return t.contiguous(memory_format=fmt)

@@ -11,7 +11,8 @@ in copies, against the traffic floor of each operation (with
 write-allocate): forward-train 4/3 copy (a read for the statistics, then
 read and write), eval 1 copy, backward 2 copies (read x and dy twice, write
 dx). The obvious NumPy implementation, 10-30 times slower, is timed outside
-the rounds, for a rough ratio only.
+the rounds, for a rough ratio only. The same runs time LayerNorm, GroupNorm
+and InstanceNorm (``norm``; cases and floors: :mod:`fastbn.bench_family`).
 
 Each row also keeps two signs of a busy machine, for the report to warn
 about: the spread of the roof's own per-round times (:func:`spread`), and
@@ -36,10 +37,11 @@ import numba
 import numpy as np
 
 from .bench_cases import DTYPES, FLOORS, LARGE, LAYOUTS, OPS, SHAPES, SMALL, Case, parallel_copy
+from .bench_family import NORMS, make_case
 
-__all__ = ["Case", "DTYPES", "FLOORS", "LARGE", "LAYOUTS", "OPS", "SHAPES", "SMALL", "Row",
-           "BusyRow", "launch_ms", "median_ms", "parallel_copy", "ratio", "rounds", "run",
-           "run_busy", "spread"]
+__all__ = ["Case", "DTYPES", "FLOORS", "LARGE", "LAYOUTS", "NORMS", "OPS", "SHAPES", "SMALL",
+           "Row", "BusyRow", "case_label", "launch_ms", "median_ms", "parallel_copy", "ratio",
+           "rounds", "run", "run_busy", "spread"]
 
 
 def median_ms(fn: Callable[[], object], repeat: int, min_time: float = 0.0) -> float:
@@ -115,7 +117,8 @@ def launch_ms() -> float:
 class Row:
     """One case: medians in ms, and medians of per-round ratios; with
     ``copy_spread`` (:func:`spread` of the roof's rounds) and ``launch_ms``
-    (:func:`launch_ms` after the case), the signs of a busy machine."""
+    (:func:`launch_ms` after the case), the signs of a busy machine;
+    ``norm``: a key of :data:`NORMS`."""
 
     shape: str
     layout: str
@@ -129,10 +132,11 @@ class Row:
     numpy_ms: float | None = None
     copy_spread: float | None = None
     launch_ms: float | None = None
+    norm: str = "batch"
     floor_copies: float = field(init=False)
 
     def __post_init__(self):
-        self.floor_copies = FLOORS[self.op]
+        self.floor_copies = NORMS[self.norm].floors[self.op]
 
     @property
     def fastbn_over_floor(self) -> float:
@@ -163,31 +167,41 @@ def _torch_threads(n: int):
         torch.set_num_threads(old)
 
 
-def _combos(shapes, layouts, dtypes) -> list[tuple[str, str, str]]:
+def _combos(shapes, layouts, dtypes, norm) -> list[tuple[str, str, str]]:
+    layouts = NORMS[norm].pick_layouts(layouts)
     return [(s, l, d) for s in shapes for l in layouts for d in dtypes]
 
 
-def run(shapes: Iterable[str] = tuple(SHAPES), layouts: Iterable[str] = LAYOUTS,
-        dtypes: Iterable[str] = ("float32",), ops: Iterable[str] = OPS, repeat: int = 15,
-        peers: Iterable[str] = ("torch", "numpy"), progress: bool = True) -> list[Row]:
-    """Time every shape × layout × dtype × op in ``repeat`` interleaved
+def case_label(norm: str, *names: str) -> str:
+    """``names`` (shape, layout, dtype, op) joined, the norm first unless
+    BatchNorm."""
+    return " ".join(names if norm == "batch" else (norm, *names))
+
+
+def run(shapes: Iterable[str] | None = None, layouts: Iterable[str] = LAYOUTS,
+        dtypes: Iterable[str] = ("float32",), ops: Iterable[str] | None = None, repeat: int = 15,
+        peers: Iterable[str] = ("torch", "numpy"), progress: bool = True,
+        norm: str = "batch") -> list[Row]:
+    """Time every shape × layout × dtype × op of ``norm`` (default: all of
+    its shapes and ops; LayerNorm has no layout) in ``repeat`` interleaved
     rounds of copy, fastbn and (if in ``peers`` and installed) PyTorch."""
-    combos = _combos(shapes, layouts, dtypes)
-    ops = tuple(ops)
+    spec = NORMS[norm]
+    combos = _combos(spec.shapes if shapes is None else shapes, layouts, dtypes, norm)
+    ops = spec.ops if ops is None else tuple(ops)
     bar = _progress(len(combos) * len(ops), progress)
     rows = []
     with _torch_threads(numba.get_num_threads()):
         for shape, layout, dtype in combos:
-            case = Case(SHAPES[shape], layout, dtype)
+            case = make_case(norm, shape, layout, dtype)
             for op in ops:
-                bar.set_description(f"{shape} {layout} {dtype} {op}")
+                bar.set_description(case_label(norm, shape, layout, dtype, op))
                 fns = {"copy": case.copy, "fastbn": case.fastbn(op)}
                 if "torch" in peers and (fn := case.torch(op)) is not None:
                     fns["torch"] = fn
                 t = rounds(fns, repeat)
                 row = Row(shape, layout, dtype, op, 1e3 * float(np.median(t["copy"])),
                           1e3 * float(np.median(t["fastbn"])), ratio(t, "fastbn", "copy"),
-                          copy_spread=spread(t["copy"]), launch_ms=launch_ms())
+                          copy_spread=spread(t["copy"]), launch_ms=launch_ms(), norm=norm)
                 if "torch" in t:
                     row.torch_ms = 1e3 * float(np.median(t["torch"]))
                     row.torch_over_fastbn = ratio(t, "torch", "fastbn")
@@ -244,28 +258,29 @@ class BusyRow:
     all_ms: float
     one_ms: float
     all_over_one: float
+    norm: str = "batch"
 
 
 def run_busy(shapes: Iterable[str], layouts: Iterable[str] = LAYOUTS,
-             dtypes: Iterable[str] = ("float32",), ops: Iterable[str] = OPS,
-             repeat: int = 15, progress: bool = True) -> list[BusyRow]:
+             dtypes: Iterable[str] = ("float32",), ops: Iterable[str] | None = None,
+             repeat: int = 15, progress: bool = True, norm: str = "batch") -> list[BusyRow]:
     """fastbn at ``numba.get_num_threads()`` threads vs 1 thread while a
     competing process keeps one core busy."""
-    combos = _combos(shapes, layouts, dtypes)
-    ops = tuple(ops)
+    combos = _combos(shapes, layouts, dtypes, norm)
+    ops = NORMS[norm].ops if ops is None else tuple(ops)
     threads = numba.get_num_threads()
     bar = _progress(len(combos) * len(ops), progress)
     rows = []
     with busy_core():
         for shape, layout, dtype in combos:
-            case = Case(SHAPES[shape], layout, dtype)
+            case = make_case(norm, shape, layout, dtype)
             for op in ops:
-                bar.set_description(f"busy {shape} {layout} {dtype} {op}")
+                bar.set_description("busy " + case_label(norm, shape, layout, dtype, op))
                 fn = case.fastbn(op)
                 t = rounds({"all": _at_threads(threads, fn), "one": _at_threads(1, fn)}, repeat)
                 rows.append(BusyRow(shape, layout, dtype, op, threads,
                                     1e3 * float(np.median(t["all"])), 1e3 * float(np.median(t["one"])),
-                                    ratio(t, "all", "one")))
+                                    ratio(t, "all", "one"), norm))
                 bar.update(1)
     bar.close()
     return rows

@@ -1,6 +1,11 @@
 """Reports of :mod:`fastbn.benchmark`: Markdown tables, the summary per
-shape group, the busy-machine warning, a bar chart, and the command line of
-``benchmarks/compare.py`` and ``python -m fastbn bench``."""
+norm and shape group, the busy-machine warning, a bar chart, and the command
+line of ``benchmarks/compare.py`` and ``python -m fastbn bench``.
+
+BatchNorm alone (the default, ``--norm batch``) reports as it always has;
+with LayerNorm, GroupNorm or InstanceNorm (``--norm layer group instance``
+or ``--norm all``) the tables gain a norm column and the summary lines name
+their norm."""
 
 from __future__ import annotations
 
@@ -8,7 +13,8 @@ import argparse
 import json
 import math
 import os
-from typing import Sequence
+import sys
+from typing import Callable, Sequence
 
 import numba
 import numpy as np
@@ -16,23 +22,37 @@ import numpy as np
 import fastbn
 
 from ._machine import cpu_model
-from .benchmark import DTYPES, LARGE, LAYOUTS, OPS, SHAPES, SMALL, BusyRow, Row, run, run_busy
+from .bench_family import NO_LAYOUT
+from .benchmark import DTYPES, LAYOUTS, NORMS, OPS, BusyRow, Row, case_label, run, run_busy
 
 
 def _fmt(v: float | None, spec: str) -> str:
     return "–" if v is None else format(v, spec)
 
 
+def _norm_column(rows) -> tuple[str, str, Callable[[Row | BusyRow], str]]:
+    """A norm column's head, rule and cells: none when every row is
+    BatchNorm's."""
+    if all(r.norm == "batch" for r in rows):
+        return "", "", lambda r: ""
+    return "| norm ", "|---", lambda r: f"| {r.norm} "
+
+
+def _name(r: Row | BusyRow) -> str:
+    return case_label(r.norm, r.shape, r.layout, r.dtype, r.op)
+
+
 def markdown(rows: Sequence[Row]) -> str:
     """The rows as a Markdown table (ratios: medians of per-round ratios)."""
-    head = ("| shape | layout | dtype | op | copy ms | fastbn ms | fastbn copies "
+    head, rule, cell = _norm_column(rows)
+    head = (f"{head}| shape | layout | dtype | op | copy ms | fastbn ms | fastbn copies "
             "| / floor | torch ms | torch / fastbn | numpy ms | numpy / fastbn |\n"
-            "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+            f"{rule}|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
     lines = [
-        f"| {r.shape} | {r.layout} | {r.dtype} | {r.op} | {r.copy_ms:.3f} | {r.fastbn_ms:.3f} "
-        f"| {r.fastbn_copies:.2f} | {r.fastbn_over_floor:.2f} | {_fmt(r.torch_ms, '.3f')} "
-        f"| {_fmt(r.torch_over_fastbn, '.2f')} | {_fmt(r.numpy_ms, '.2f')} "
-        f"| {_fmt(r.numpy_over_fastbn, '.1f')} |"
+        f"{cell(r)}| {r.shape} | {r.layout} | {r.dtype} | {r.op} | {r.copy_ms:.3f} "
+        f"| {r.fastbn_ms:.3f} | {r.fastbn_copies:.2f} | {r.fastbn_over_floor:.2f} "
+        f"| {_fmt(r.torch_ms, '.3f')} | {_fmt(r.torch_over_fastbn, '.2f')} "
+        f"| {_fmt(r.numpy_ms, '.2f')} | {_fmt(r.numpy_over_fastbn, '.1f')} |"
         for r in rows
     ]
     return head + "\n".join(lines) + "\n"
@@ -43,10 +63,11 @@ def busy_markdown(rows: Sequence[BusyRow]) -> str:
     if not rows:
         return ""
     n = rows[0].threads
-    head = (f"| shape | layout | dtype | op | {n} threads ms | 1 thread ms | {n} / 1 |\n"
-            "|---|---|---|---|---:|---:|---:|\n")
-    lines = [f"| {r.shape} | {r.layout} | {r.dtype} | {r.op} | {r.all_ms:.3f} | {r.one_ms:.3f} "
-             f"| {r.all_over_one:.2f} |" for r in rows]
+    head, rule, cell = _norm_column(rows)
+    head = (f"{head}| shape | layout | dtype | op | {n} threads ms | 1 thread ms | {n} / 1 |\n"
+            f"{rule}|---|---|---|---|---:|---:|---:|\n")
+    lines = [f"{cell(r)}| {r.shape} | {r.layout} | {r.dtype} | {r.op} | {r.all_ms:.3f} "
+             f"| {r.one_ms:.3f} | {r.all_over_one:.2f} |" for r in rows]
     return head + "\n".join(lines) + "\n"
 
 
@@ -55,29 +76,41 @@ def _gmean(values: Sequence[float]) -> float:
 
 
 def summary(rows: Sequence[Row]) -> str:
-    """Per shape group, dtype and op: PyTorch's time over fastbn's (geometric
-    mean and worst of the per-round medians) and, for the large shapes,
-    fastbn's time over the traffic floor (geometric mean and worst)."""
+    """Per norm, shape group, dtype and op: PyTorch's time over fastbn's
+    (geometric mean and worst of the per-round medians) and, for the large
+    shapes, fastbn's time over the traffic floor (geometric mean and worst).
+    Lines name their norm unless all rows are BatchNorm's."""
     out = []
-    for group, names in (("large", LARGE), ("small", SMALL)):
-        for dtype in dict.fromkeys(r.dtype for r in rows):
-            for op in OPS:
-                sel = [r for r in rows if r.op == op and r.dtype == dtype and r.shape in names]
-                if not sel:
-                    continue
-                line = f"{group} {dtype} {op}:"
-                vs = [r.torch_over_fastbn for r in sel if r.torch_over_fastbn is not None]
-                if vs:
-                    worst = min(sel, key=lambda r: r.torch_over_fastbn or math.inf)
-                    line += (f" torch/fastbn geomean {_gmean(vs):.2f}, min {min(vs):.2f}"
-                             f" ({worst.shape} {worst.layout});")
-                floor = [r.fastbn_over_floor for r in sel]
-                if group == "large":
-                    line += f" fastbn/floor geomean {_gmean(floor):.2f}, max {max(floor):.2f}"
-                if line.endswith(":"):
-                    continue
-                out.append(line.rstrip(";"))
+    norms = list(dict.fromkeys(r.norm for r in rows))
+    for norm in norms:
+        prefix = "" if norms == ["batch"] else f"{norm} "
+        for group, names in NORMS[norm].groups:
+            out += _summary_lines([r for r in rows if r.norm == norm and r.shape in names],
+                                  prefix + group, NORMS[norm].ops, group == "large")
     return "\n".join(out)
+
+
+def _summary_lines(rows: Sequence[Row], group: str, ops: Sequence[str], floor: bool) -> list[str]:
+    out = []
+    for dtype in dict.fromkeys(r.dtype for r in rows):
+        for op in ops:
+            sel = [r for r in rows if r.op == op and r.dtype == dtype]
+            if not sel:
+                continue
+            line = f"{group} {dtype} {op}:"
+            vs = [r.torch_over_fastbn for r in sel if r.torch_over_fastbn is not None]
+            if vs:
+                worst = min(sel, key=lambda r: r.torch_over_fastbn or math.inf)
+                where = " ".join(v for v in (worst.shape, worst.layout) if v != NO_LAYOUT)
+                line += (f" torch/fastbn geomean {_gmean(vs):.2f}, min {min(vs):.2f}"
+                         f" ({where});")
+            floors = [r.fastbn_over_floor for r in sel]
+            if floor:
+                line += f" fastbn/floor geomean {_gmean(floors):.2f}, max {max(floors):.2f}"
+            if line.endswith(":"):
+                continue
+            out.append(line.rstrip(";"))
+    return out
 
 
 def busy_summary(rows: Sequence[BusyRow]) -> str:
@@ -86,7 +119,7 @@ def busy_summary(rows: Sequence[BusyRow]) -> str:
     worst = max(rows, key=lambda r: r.all_over_one)
     return (f"busy core: {rows[0].threads} threads over 1 thread, geomean "
             f"{_gmean([r.all_over_one for r in rows]):.2f}, worst {worst.all_over_one:.2f} "
-            f"({worst.shape} {worst.layout} {worst.dtype} {worst.op})")
+            f"({_name(worst)})")
 
 
 #: Above this spread (p90 / p10) of the roof's per-round times, a case ran on
@@ -111,7 +144,7 @@ BUSY_LAUNCH_MS = 0.5
 
 def _cases(rows: Sequence[Row], value, unit: str, most: int = 6) -> str:
     worst = sorted(rows, key=value, reverse=True)
-    names = [f"{r.shape} {r.layout} {r.dtype} {r.op} ({value(r):.3g}{unit})" for r in worst[:most]]
+    names = [f"{_name(r)} ({value(r):.3g}{unit})" for r in worst[:most]]
     more = f" and {len(rows) - most} more" if len(rows) > most else ""
     return ", ".join(names) + more
 
@@ -147,7 +180,8 @@ def plot(rows: Sequence[Row], path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = [f"{r.shape} {r.dtype.replace('float', 'f')}\n{r.layout} {r.op}" for r in rows]
+    labels = [("" if r.norm == "batch" else f"{r.norm} ")
+              + f"{r.shape} {r.dtype.replace('float', 'f')}\n{r.layout} {r.op}" for r in rows]
     xs = np.arange(len(rows))
     fig, ax = plt.subplots(figsize=(max(8, 0.55 * len(rows)), 5))
     series = [("fastbn", [r.fastbn_copies for r in rows])]
@@ -188,13 +222,24 @@ _positive_int = int_at_least(1)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    shapes = {norm: ", ".join(spec.shapes) for norm, spec in NORMS.items()}
+    parser.add_argument("--norm", action="extend", nargs="+", choices=[*NORMS, "all"],
+                        metavar="NORM",
+                        help=f"norms to time: {', '.join(NORMS)} or all; repeatable "
+                             "(default: batch)")
     parser.add_argument("--quick", action="store_true",
                         help="the large shapes (or those given) with at most 7 rounds")
-    parser.add_argument("--shapes", nargs="+", choices=list(SHAPES), default=list(SHAPES),
-                        metavar="SHAPE", help=f"shapes to run (default: all of {', '.join(SHAPES)})")
-    parser.add_argument("--layouts", nargs="+", choices=LAYOUTS, default=list(LAYOUTS))
+    parser.add_argument("--shapes", nargs="+", choices=list(dict.fromkeys(
+                            name for spec in NORMS.values() for name in spec.shapes)),
+                        metavar="SHAPE",
+                        help="shapes to run, each norm those of its own (default: all of each "
+                             "norm's: " + "; ".join(f"{n}: {v}" for n, v in shapes.items()) + ")")
+    parser.add_argument("--layouts", nargs="+", choices=LAYOUTS, default=list(LAYOUTS),
+                        help=f"layouts (default: both; layer norm has none, shown as {NO_LAYOUT})")
     parser.add_argument("--dtypes", nargs="+", choices=DTYPES, default=["float32"])
-    parser.add_argument("--ops", nargs="+", choices=OPS, default=list(OPS))
+    parser.add_argument("--ops", nargs="+", choices=OPS,
+                        help="ops to run, each norm those it has (default: all; layer, group and "
+                             "instance norm have forward and backward)")
     parser.add_argument("--repeat", type=_positive_int, default=25,
                         help="interleaved rounds per case (default 25)")
     parser.add_argument("--no-torch", action="store_true", help="skip PyTorch even if installed")
@@ -206,14 +251,50 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plot", metavar="FILE.png", help="write a bar chart (needs matplotlib)")
 
 
+def norms(selected: Sequence[str] | None) -> list[str]:
+    """The norms of ``--norm`` (repeated or not; ``all``), in the order of
+    :data:`NORMS`; BatchNorm by default."""
+    selected = set(selected or ["batch"])
+    return [norm for norm in NORMS if norm in selected or "all" in selected]
+
+
+def plan(args: argparse.Namespace) -> list[tuple[str, list[str], list[str]]]:
+    """(norm, shapes, ops) of each norm selected that has something to run;
+    ValueError for a shape or op that none of them has."""
+    chosen = norms(args.norm)
+    for option, wanted, attr in (("--shapes", args.shapes, "shapes"), ("--ops", args.ops, "ops")):
+        stray = [w for w in wanted or () if all(w not in getattr(NORMS[n], attr) for n in chosen)]
+        if stray:
+            raise ValueError(f"{option} {' '.join(stray)}: not of --norm {' '.join(chosen)}")
+    out = []
+    for norm in chosen:
+        spec = NORMS[norm]
+        shapes = list(spec.shapes) if args.shapes is None else [
+            s for s in args.shapes if s in spec.shapes]
+        if args.quick:
+            shapes = [s for s in shapes if s in spec.large] or shapes
+        ops = [op for op in args.ops or spec.ops if op in spec.ops]
+        if shapes and ops:
+            out.append((norm, shapes, ops))
+    if not out:
+        raise ValueError(f"nothing to run: no norm of --norm {' '.join(chosen)} has both a "
+                         "shape and an op asked for")
+    return out
+
+
 def main_from_args(args: argparse.Namespace) -> int:
-    shapes, repeat = args.shapes, args.repeat
-    if args.quick:
-        shapes = [s for s in shapes if s in LARGE] or shapes
-        repeat = min(repeat, 7)
+    try:
+        cases = plan(args)
+    except ValueError as exc:
+        print(f"fastbn bench: error: {exc}", file=sys.stderr)
+        return 2
+    repeat = min(args.repeat, 7) if args.quick else args.repeat
     peers = ("numpy",) if args.no_torch else ("torch", "numpy")
-    rows = run(shapes, args.layouts, args.dtypes, args.ops, repeat, peers)
-    busy = run_busy(shapes, args.layouts, args.dtypes, args.ops, repeat) if args.busy else []
+    rows, busy = [], []
+    for norm, shapes, ops in cases:
+        rows += run(shapes, args.layouts, args.dtypes, ops, repeat, peers, norm=norm)
+        if args.busy:
+            busy += run_busy(shapes, args.layouts, args.dtypes, ops, repeat, norm=norm)
     header = (f"fastbn {fastbn.__version__}, numba {numba.__version__}, "
               f"{numba.get_num_threads()} threads ({numba.threading_layer()} layer), "
               f"CPU: {cpu_model()}")
