@@ -2,7 +2,9 @@
 
 Functional API: :func:`batch_stats`, :func:`batch_norm_forward`,
 :func:`batch_norm_backward`; layers: :class:`BatchNorm` and, over MPI ranks,
-:class:`SyncBatchNorm`.
+:class:`SyncBatchNorm`. The rest of the family on the same kernels:
+:func:`layer_norm_forward`, :func:`group_norm_forward`,
+:func:`instance_norm_forward` and their backward passes.
 """
 
 from . import _threads
@@ -10,6 +12,8 @@ from . import _threads
 _threads.limit_to_usable_cpus()
 
 from .functional import BatchNormCache, batch_norm_backward, batch_norm_forward, batch_stats
+from .family import (NormCache, group_norm_backward, group_norm_forward, instance_norm_backward,
+                     instance_norm_forward, layer_norm_backward, layer_norm_forward)
 from .layer import BatchNorm
 from .sync import SyncBatchNorm
 from . import _choices
@@ -25,5 +29,12 @@ __all__ = [
     "batch_norm_backward",
     "batch_norm_forward",
     "batch_stats",
+    "NormCache",
+    "group_norm_backward",
+    "group_norm_forward",
+    "instance_norm_backward",
+    "instance_norm_forward",
+    "layer_norm_backward",
+    "layer_norm_forward",
     "__version__",
 ]

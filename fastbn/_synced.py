@@ -74,6 +74,6 @@ def backward(sync: Sync, dy: np.ndarray, x: np.ndarray, plan: Plan | None, mean,
         KERNELS["grad_sums"][plan.kind](2 * x.size, dyv, xv, mean, part[0], part[1])
     sums = _collective.sum_in_order(_gather(sync.comm, part))
     if sync.count and dxv is not None:
-        KERNELS["grad_input"][plan.kind](2 * x.size, dyv, xv, mean, invstd, weight,
+        KERNELS["grad_input"][plan.kind](2 * x.size, dyv, xv, 1, mean, invstd, weight,
                                          sums[0], sums[1], float(total), dxv)
     return sums[0], sums[1]

@@ -34,7 +34,7 @@ def _train_forward(fused: bool, x: np.ndarray) -> Callable[[], object]:
     n = numba.get_num_threads()
     if fused:
         forward = KERNELS["fused_forward"]["cf"]
-        return lambda: forward.launch(n, x, w, b, 1e-5, mean, var, y)
+        return lambda: forward.launch(n, x, 1, w, b, 1e-5, mean, var, y)
     stats, affine = KERNELS["stats"]["cf"], KERNELS["affine"]["cf"]
     return lambda: (stats.launch(n, x, mean, var), affine.launch(n, x, mean, var, w, b, 1e-5, y))
 

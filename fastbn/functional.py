@@ -344,7 +344,7 @@ def _forward(a: _Forward, training: bool, sync=None, unbiased: bool = True
     elif training:
         mean, var = np.empty(c), np.empty(c)
         if _fused(plan, x, 1):
-            _run("fused_forward", plan, x.size, xv, weight, bias, a.eps, mean, var, yv)
+            _run("fused_forward", plan, x.size, xv, 1, weight, bias, a.eps, mean, var, yv)
         else:
             _run("stats", plan, x.size, xv, mean, var)
             _run("affine", plan, x.size, xv, mean, var, weight, bias, a.eps, yv)
@@ -356,15 +356,8 @@ def _forward(a: _Forward, training: bool, sync=None, unbiased: bool = True
 
     finite = True
     if training and a.running_mean is not None:
-        rmean, rvar = a.running_mean, a.running_var
-        native = rmean.dtype in _checks.FLOAT_DTYPES and rvar.dtype in _checks.FLOAT_DTYPES
-        if not native:  # e.g. float16: updated in float64, then cast back
-            rmean, rvar = rmean.astype(np.float64), rvar.astype(np.float64)
         factor = a.count / (a.count - 1.0) if unbiased else 1.0
-        finite = update_running(0, mean, var, factor, a.momentum, rmean, rvar)
-        if finite and not native:
-            a.running_mean[...] = rmean
-            a.running_var[...] = rvar
+        finite = _update_running(a.running_mean, a.running_var, mean, var, factor, a.momentum)
         if not finite:
             warnings.warn(
                 "batch statistics are not finite (NaN or Inf in the input); "
@@ -373,6 +366,22 @@ def _forward(a: _Forward, training: bool, sync=None, unbiased: bool = True
                 stacklevel=_user_stacklevel(),
             )
     return y, BatchNormCache(x, plan, training, mean, var, a.eps, weight, a.count, finite, sync)
+
+
+def _update_running(running_mean: np.ndarray, running_var: np.ndarray, mean: np.ndarray,
+                    var: np.ndarray, factor: float, momentum: float) -> bool:
+    """``r = (1 - momentum) * r + momentum * s`` in place, ``var * factor``
+    for the variance, unless the float64 statistics are not finite; returns
+    whether they were."""
+    rmean, rvar = running_mean, running_var
+    native = rmean.dtype in _checks.FLOAT_DTYPES and rvar.dtype in _checks.FLOAT_DTYPES
+    if not native:  # e.g. float16: updated in float64, then cast back
+        rmean, rvar = rmean.astype(np.float64), rvar.astype(np.float64)
+    finite = update_running(0, mean, var, factor, momentum, rmean, rvar)
+    if finite and not native:
+        running_mean[...] = rmean
+        running_var[...] = rvar
+    return finite
 
 
 def _half_forward(a: _Forward, training: bool, sync, unbiased: bool
@@ -497,7 +506,7 @@ def batch_norm_backward(dy, cache: BatchNormCache, *, input_grad: bool = True, o
              float(cache.count), sum_dy, sum_dy_xc, dxv)
     elif cache.training:
         _run("grad_sums", plan, 2 * x.size, dyv, xv, mean, sum_dy, sum_dy_xc)
-        _run("grad_input", plan, 2 * x.size, dyv, xv, mean, invstd, cache.weight,
+        _run("grad_input", plan, 2 * x.size, dyv, xv, 1, mean, invstd, cache.weight,
              sum_dy, sum_dy_xc, float(cache.count), dxv)
     else:
         _run("grad_sums", plan, 2 * x.size, dyv, xv, mean, sum_dy, sum_dy_xc)

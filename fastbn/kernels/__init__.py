@@ -37,6 +37,7 @@ from ._tasks import (BLOCK, CHUNK, CL_BLOCK, CL_CHUNK, COLUMNS, MAX_CHUNKS, PILO
 from .fused import backward_cf, forward_cf
 from .grad_sums import grad_sums_cf, grad_sums_cl, grad_sums_walk
 from .maps import affine_cf, affine_cl, grad_input_cf, grad_input_cl
+from .rows import rows_backward, rows_forward
 from .running import update_running
 from .stats import stats_cf, stats_cl, stats_walk
 
@@ -45,7 +46,7 @@ __all__ = [
     "ROWS", "RUN_BYTES", "WALK_BYTES", "KERNELS", "dispatchers",
     "stats_cf", "stats_walk", "stats_cl", "grad_sums_cf", "grad_sums_walk", "grad_sums_cl",
     "affine_cf", "affine_cl", "grad_input_cf", "grad_input_cl", "forward_cf", "backward_cf",
-    "update_running",
+    "update_running", "rows_forward", "rows_backward",
 ]
 
 #: Kernels by step and memory order: "cf", "walk" (channels first with runs
@@ -58,6 +59,8 @@ KERNELS = {
     "fused_forward": {"cf": forward_cf},
     "fused_backward": {"cf": backward_cf},
     "update_running": {"any": update_running},
+    "rows_forward": {"any": rows_forward},
+    "rows_backward": {"any": rows_backward},
 }
 
 

@@ -15,13 +15,16 @@ from .maps import _affine_coeffs, _grad_coeffs
 
 
 @kernel
-def forward_cf(x, weight, bias, eps, mean, var, y, tasks):
+def forward_cf(x, parts, weight, bias, eps, mean, var, y, tasks):
     """Training forward over an ``(A, C, B)`` view, a channel per task: its
     statistics, then its normalization while the channel is still in cache
     (one read of x from memory instead of two). For channels that fit in
     cache and runs of :data:`RUN_BYTES` or more; the statistics are summed
     in the chunks of :func:`stats_cf`, so the results are the same bits.
-    ``mean`` and ``var`` receive the statistics."""
+    ``mean`` and ``var`` receive the statistics. A run of B values holds
+    ``parts`` parameter channels of ``B / parts`` values each, channel
+    ``c``'s ``j``-th using ``weight[c * parts + j]`` (BatchNorm: 1;
+    GroupNorm: the channels of a group)."""
     na, nc, nb = x.shape
     m = na * nb
     nch = _n_chunks(m, CHUNK, MAX_CHUNKS)
@@ -35,12 +38,15 @@ def forward_cf(x, weight, bias, eps, mean, var, y, tasks):
             for k in range(nch):
                 part_mean[k], part_m2[k] = _cf_moments(x, c, k * size, min(m, k * size + size))
             mean[c], var[c] = _merge_chunks(part_mean, part_m2, m, size)
-            center, scale, shift = _affine_coeffs(x, c, mean, var, weight, bias, eps)
-            for a in range(na):
-                xr = x[a, c]
-                yr = y[a, c]
-                for b in range(nb):
-                    yr[b] = (xr[b] - center) * scale + shift
+            run = nb // parts
+            for j in range(parts):
+                center, scale, shift = _affine_coeffs(x, c, c * parts + j, mean, var, weight, bias,
+                                                      eps)
+                for a in range(na):
+                    xr = x[a, c, j * run:j * run + run]
+                    yr = y[a, c, j * run:j * run + run]
+                    for b in range(run):
+                        yr[b] = (xr[b] - center) * scale + shift
 
 
 @kernel
@@ -65,7 +71,8 @@ def backward_cf(dy, x, mean, invstd, weight, count, sum_dy, sum_dy_xc, dx, tasks
                 sx += bsx
             sum_dy[c] = s
             sum_dy_xc[c] = sx - (mean[c] - np.float64(center)) * s
-            center, g, h, e = _grad_coeffs(x, c, mean, invstd, weight, sum_dy, sum_dy_xc, count)
+            center, g, h, e = _grad_coeffs(x, c, 1, mean, invstd, weight, sum_dy, sum_dy_xc,
+                                          count)
             for a in range(na):
                 gr = dy[a, c]
                 xr = x[a, c]
