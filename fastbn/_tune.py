@@ -50,7 +50,7 @@ def _parallel_wins(size: int, repeat: int) -> float:
     """2 threads' time over 1 thread's, eval kernel, ``size`` float32 values
     (the threshold where a second thread starts to pay; each further
     thread then needs half as much again, see ``_jit.parallel_threads``)."""
-    x = np.random.default_rng(0).standard_normal((size // 64, 64), dtype=np.float32)
+    x = np.random.default_rng(0).standard_normal((1, size // 64, 64), dtype=np.float32)
     mean, var, y = np.zeros(64), np.ones(64), np.empty_like(x)
     w = b = np.empty(0, np.float32)
     affine = KERNELS["affine"]["cl"]

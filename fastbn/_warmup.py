@@ -63,8 +63,26 @@ def _workload(layout: str, dtype: str, strided: bool) -> None:
                                                 running_var=rv, layout=layout)
                 F.batch_norm_backward(y, cache)
             F.batch_stats(x, layout=layout)
+            _family_workload(x, c, layout)
     finally:
         _choices.CHOICES = saved
+
+
+def _family_workload(x: np.ndarray, c: int, layout: str) -> None:
+    """LayerNorm, GroupNorm (groups of several channels) and InstanceNorm
+    (with running statistics, and normalizing with them) over ``x``."""
+    from . import family as F
+
+    w, b = np.ones(c, x.dtype), np.zeros(c, x.dtype)
+    y, cache = F.group_norm_forward(x, c // 4, w, b, layout=layout)
+    F.group_norm_backward(y, cache)
+    for use_input_stats in (True, False):
+        y, cache = F.instance_norm_forward(x, w, b, use_input_stats=use_input_stats,
+                                           running_mean=np.zeros(c), running_var=np.ones(c),
+                                           layout=layout)
+        F.instance_norm_backward(y, cache)
+    y, cache = F.layer_norm_forward(x, x.shape[-1], np.ones(x.shape[-1], x.dtype))
+    F.layer_norm_backward(y, cache)
 
 
 def signatures(layouts: Iterable[str] = LAYOUTS, dtypes: Iterable[str] = DTYPES,

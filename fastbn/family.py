@@ -198,15 +198,17 @@ def _stats_cf(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _group_stats(xv: np.ndarray, gr: _Groups) -> tuple[np.ndarray, np.ndarray]:
     """float64 (mean, var) per (sample, group), shape (N, G)."""
-    n, c, g, s = gr.n, gr.c, gr.g, gr.s
+    n, c, g = gr.n, gr.c, gr.g
     if not gr.last:
-        mean, var = _stats_cf(xv.reshape(1, n * g, (c // g) * s))
+        mean, var = np.empty(n * g), np.empty(n * g)
+        v = xv.reshape(1, n * g, -1)
+        kind = "walk" if v.shape[2] * v.itemsize < RUN_BYTES else "cf"
+        KERNELS["stats"][kind](v.size, v, mean, var)
         return mean.reshape(n, g), var.reshape(n, g)
-    mean, var = np.empty((n, c)), np.empty((n, c))
-    for p in range(n):
-        KERNELS["stats"]["cl"](s * c, xv[p], mean[p], var[p])
+    mean, var = np.empty(n * c), np.empty(n * c)
+    KERNELS["stats"]["cl"](xv.size, xv, mean, var)
     if g == c:
-        return mean, var
+        return mean.reshape(n, c), var.reshape(n, c)
     m, v = mean.reshape(n, g, -1), var.reshape(n, g, -1)
     d = m - m[..., :1]  # about a member: a constant group's mean stays exact
     dm = d.mean(-1)
@@ -214,30 +216,34 @@ def _group_stats(xv: np.ndarray, gr: _Groups) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _per_channel(a: np.ndarray, gr: _Groups) -> np.ndarray:
-    """A per-(sample, group) array repeated over each group's channels: (N, C)."""
-    return a if gr.g == gr.c else np.repeat(a, gr.c // gr.g, axis=1)
+    """A per-(sample, group) array repeated over each group's channels, as
+    the kernels take it: flat (N*C,)."""
+    return (a if gr.g == gr.c else np.repeat(a, gr.c // gr.g, axis=1)).reshape(-1)
 
 
 def _tiled(v: np.ndarray, gr: _Groups) -> np.ndarray:
-    """A per-channel kernel vector for the ``(1, N*C, S)`` view (empty stays empty)."""
-    return v if gr.last or not v.size else np.tile(v, gr.n)
+    """A per-channel vector repeated for each sample (empty stays empty)."""
+    return np.tile(v, gr.n) if v.size else v
 
 
 def _group_map(op: str, gr: _Groups, *args) -> None:
-    """Run kernel ``op`` over the groups' views: one call over
-    ``(1, N*C, S)``, or a call per sample's ``(S, C)`` rows. Among ``args``,
-    3-D arrays are kernel views of x-shaped arrays and 2-D ones (N, C)
-    tables (per sample, or flattened); the rest is passed as is."""
-    views = sum(1 for a in args if isinstance(a, np.ndarray) and a.ndim == 3)
-    size = views * gr.n * gr.c * gr.s
-    if not gr.last:
+    """Run kernel ``op`` over the groups' view, ``(1, N*C, S)`` or
+    ``(N, S, C)``; ``args[0]`` is x-shaped."""
+    if gr.last:
+        kind = "cl"
+    else:
         kind = "walk" if gr.s * args[0].itemsize < RUN_BYTES else "cf"
-        flat = [a.reshape(-1) if isinstance(a, np.ndarray) and a.ndim == 2 else a for a in args]
-        KERNELS[op][kind](size, *flat)
-        return
-    for p in range(gr.n):
-        KERNELS[op]["cl"](size // gr.n, *(a[p] if isinstance(a, np.ndarray) and a.ndim >= 2
-                                           else a for a in args))
+    views = sum(1 for a in args if isinstance(a, np.ndarray) and a.ndim == 3)
+    KERNELS[op][kind](views * args[0].size, *args)
+
+
+def _fused(gr: _Groups, x: np.ndarray, arrays: int) -> bool:
+    """Whether a pass over ``arrays`` x-shaped arrays takes the
+    group-per-task kernels: a (sample, group) is contiguous in the
+    channels-first view, and the choices in force (:mod:`fastbn._choices`)
+    say its data fits in cache."""
+    unit = (gr.c // gr.g) * gr.s * x.itemsize
+    return not gr.last and _choices.CHOICES.fused(arrays * unit, unit, x.nbytes, gr.n * gr.g)
 
 
 # ----------------------------------------------------------------------------- float16
@@ -280,8 +286,7 @@ def _grouped_forward(norm, x, gr: _Groups, weight, bias, eps, out):
     xv = gr.view(x32)
     yv, y = _output(gr, out if dt == x.dtype else None, dt)
     units, k = gr.n * gr.g, gr.c // gr.g
-    unit = k * gr.s * x32.itemsize  # contiguous bytes of a (sample, group)
-    if not gr.last and _choices.CHOICES.fused(unit, unit, x32.nbytes, units):
+    if _fused(gr, x32, 1):
         mean, var = np.empty(units), np.empty(units)
         KERNELS["fused_forward"]["cf"](x32.size, xv.reshape(1, units, -1), k, _tiled(w, gr),
                                        _tiled(b, gr), eps, mean, var, yv.reshape(1, units, -1))
@@ -304,17 +309,26 @@ def _grouped_backward(dy, cache: NormCache):
     dt = x32.dtype
     xv, dyv = gr.view(x32), gr.view(dy32)
     with np.errstate(divide="ignore", invalid="ignore"):  # eps = 0, a constant group
-        invstd = _per_channel(1.0 / np.sqrt(cache._var + cache.eps), gr)
-    mean = _per_channel(cache._mean, gr)
-    s1, s2 = np.empty((gr.n, gr.c)), np.empty((gr.n, gr.c))
-    _group_map("grad_sums", gr, dyv, xv, mean, s1, s2)
+        invstd = 1.0 / np.sqrt(cache._var + cache.eps)
+    s1, s2 = np.empty(gr.n * gr.c), np.empty(gr.n * gr.c)
     dxv, dx = _output(gr, None, dt)
-    parts = gr.c // gr.g
+    parts, weight = gr.c // gr.g, _tiled(cache.weight, gr)
+    count = float(parts * gr.s)
+    if _fused(gr, x32, 2):
+        shape = (1, gr.n * gr.g, -1)
+        KERNELS["fused_backward"]["cf"](2 * x32.size, dyv.reshape(shape), xv.reshape(shape),
+                                        parts, cache._mean.reshape(-1), invstd.reshape(-1),
+                                        weight, count, s1, s2,
+                                        dxv.reshape(shape))
+    else:
+        mean = _per_channel(cache._mean, gr)
+        _group_map("grad_sums", gr, dyv, xv, mean, s1, s2)
+        _group_map("grad_input", gr, dyv, xv, parts, mean, _per_channel(invstd, gr), weight,
+                   s1, s2, count, dxv)
     with np.errstate(invalid="ignore"):
-        _group_map("grad_input", gr, dyv, xv, parts, mean, invstd, _tiled(cache.weight, gr),
-                   s1, s2, float(parts * gr.s), dxv)
-        dweight = (s2 * invstd).sum(0)
-    return _deliver(dx, x, None), dweight.astype(x.dtype), s1.sum(0).astype(x.dtype)
+        dweight = (s2 * _per_channel(invstd, gr)).reshape(gr.n, gr.c).sum(0)
+    dbias = s1.reshape(gr.n, gr.c).sum(0)
+    return _deliver(dx, x, None), dweight.astype(x.dtype), dbias.astype(x.dtype)
 
 
 def group_norm_forward(x, num_groups: int, weight=None, bias=None, *, eps: float = 1e-5,

@@ -502,7 +502,7 @@ def batch_norm_backward(dy, cache: BatchNormCache, *, input_grad: bool = True, o
     if dxv is None:
         _run("grad_sums", plan, 2 * x.size, dyv, xv, mean, sum_dy, sum_dy_xc)
     elif cache.training and _fused(plan, x, 2):
-        _run("fused_backward", plan, 2 * x.size, dyv, xv, mean, invstd, cache.weight,
+        _run("fused_backward", plan, 2 * x.size, dyv, xv, 1, mean, invstd, cache.weight,
              float(cache.count), sum_dy, sum_dy_xc, dxv)
     elif cache.training:
         _run("grad_sums", plan, 2 * x.size, dyv, xv, mean, sum_dy, sum_dy_xc)

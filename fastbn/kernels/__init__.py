@@ -5,7 +5,8 @@ Every kernel comes in two shapes of the same data:
 
 * ``_cf`` (channels first in memory): a ``(A, C, B)`` view whose last axis
   runs through one channel. NCHW data is ``(N, C, H*W)``.
-* ``_cl`` (channels last in memory): an ``(R, C)`` view whose rows hold one
+* ``_cl`` (channels last in memory): a ``(P, R, C)`` view of P samples (1 for
+  BatchNorm) whose rows hold one
   value per channel. NHWC data is ``(N*H*W, C)``; so is rank-2 input.
 
 Work is split into tasks whose boundaries depend only on the shape, never on

@@ -50,12 +50,17 @@ def forward_cf(x, parts, weight, bias, eps, mean, var, y, tasks):
 
 
 @kernel
-def backward_cf(dy, x, mean, invstd, weight, count, sum_dy, sum_dy_xc, dx, tasks):
+def backward_cf(dy, x, parts, mean, invstd, weight, count, sum_dy, sum_dy_xc, dx, tasks):
     """Training backward over ``(A, C, B)`` views, a channel per task: its
     sums (in the chunks of :func:`grad_sums_cf`: the same bits), then its
-    ``dx`` while the channel's x and dy are still in cache."""
+    ``dx`` while the channel's x and dy are still in cache. With ``parts``
+    > 1 (and A = 1) a run holds that many parameter channels of B / parts
+    values, each with its own sums (``sum_dy[c * parts + j]``, as
+    :func:`grad_sums_cf` over the per-parameter view) and coefficients
+    (:func:`._grad_coeffs`)."""
     na, nc, nb = x.shape
-    m = na * nb
+    run = nb // parts
+    m = na * run
     nch = _n_chunks(m, CHUNK, MAX_CHUNKS)
     size = (m + nch - 1) // nch
     n_c = nc
@@ -63,19 +68,22 @@ def backward_cf(dy, x, mean, invstd, weight, count, sum_dy, sum_dy_xc, dx, tasks
     for grp in prange(ng):
         for c in range(grp * n_c // ng, (grp + 1) * n_c // ng):
             center = x.dtype.type(mean[c])
-            s = 0.0
-            sx = 0.0
-            for k in range(nch):
-                bs, bsx = _cf_grad_totals(dy, x, c, k * size, min(m, k * size + size), center)
-                s += bs
-                sx += bsx
-            sum_dy[c] = s
-            sum_dy_xc[c] = sx - (mean[c] - np.float64(center)) * s
-            center, g, h, e = _grad_coeffs(x, c, 1, mean, invstd, weight, sum_dy, sum_dy_xc,
-                                          count)
-            for a in range(na):
-                gr = dy[a, c]
-                xr = x[a, c]
-                dr = dx[a, c]
-                for b in range(nb):
-                    dr[b] = g * gr[b] + h * (xr[b] - center) + e
+            for j in range(parts):
+                s = 0.0
+                sx = 0.0
+                for k in range(nch):
+                    bs, bsx = _cf_grad_totals(dy, x, c, j * run + k * size,
+                                              j * run + min(m, k * size + size), center)
+                    s += bs
+                    sx += bsx
+                sum_dy[c * parts + j] = s
+                sum_dy_xc[c * parts + j] = sx - (mean[c] - np.float64(center)) * s
+            for j in range(parts):
+                center, g, h, e = _grad_coeffs(x, c, c * parts + j, parts, mean, invstd, weight,
+                                               sum_dy, sum_dy_xc, count)
+                for a in range(na):
+                    gr = dy[a, c, j * run:j * run + run]
+                    xr = x[a, c, j * run:j * run + run]
+                    dr = dx[a, c, j * run:j * run + run]
+                    for b in range(run):
+                        dr[b] = g * gr[b] + h * (xr[b] - center) + e

@@ -133,21 +133,22 @@ def grad_sums_walk(dy, x, mean, sum_dy, sum_dy_xc, tasks):
 
 @kernel
 def grad_sums_cl(dy, x, mean, sum_dy, sum_dy_xc, tasks):
-    """Per-column ``sum(dy)`` and ``sum(dy * (x - mean))`` over ``(R, C)``
-    views (float64 ``mean`` and results)."""
-    nr, nc = x.shape
+    """Per-column ``sum(dy)`` and ``sum(dy * (x - mean))`` of each sample
+    of ``(P, R, C)`` views (float64 ``mean`` and results of length P * C)."""
+    ns, nr, nc = x.shape
     width = min(nc, COLUMNS)
     nrc = _n_chunks(nr, max(1, CL_CHUNK // width), min(nr, MAX_CHUNKS))
     rsize = (nr + nrc - 1) // nrc
     ncc = (nc + COLUMNS - 1) // COLUMNS
-    part_dy = np.empty((nrc, nc))
-    part_dyx = np.empty((nrc, nc))
-    n_t = nrc * ncc
+    part_dy = np.empty((nrc, ns * nc))
+    part_dyx = np.empty((nrc, ns * nc))
+    n_t = ns * nrc * ncc
     ng = min(n_t, tasks)
     for grp in prange(ng):
         for t in range(grp * n_t // ng, (grp + 1) * n_t // ng):
-            i = t // ncc
-            k0 = (t - i * ncc) * COLUMNS
+            p = t // (nrc * ncc)
+            i = (t - p * nrc * ncc) // ncc
+            k0 = (t - p * nrc * ncc - i * ncc) * COLUMNS
             kw = min(nc, k0 + COLUMNS) - k0
             r1 = min(nr, i * rsize + rsize)
             rows = max(1, min(ROWS, CL_BLOCK // kw))
@@ -155,14 +156,14 @@ def grad_sums_cl(dy, x, mean, sum_dy, sum_dy_xc, tasks):
             sx = np.zeros(kw)
             bs = np.empty(kw, x.dtype)
             bsx = np.empty(kw, x.dtype)
-            ck = _as_dtype(mean[k0:k0 + kw], x.dtype)
+            ck = _as_dtype(mean[p * nc + k0:p * nc + k0 + kw], x.dtype)
             for r0 in range(i * rsize, r1, rows):
                 for k in range(kw):
                     bs[k] = 0
                     bsx[k] = 0
                 for r in range(r0, min(r1, r0 + rows)):
-                    g0 = dy[r, k0:k0 + kw]
-                    x0 = x[r, k0:k0 + kw]
+                    g0 = dy[p, r, k0:k0 + kw]
+                    x0 = x[p, r, k0:k0 + kw]
                     for k in range(kw):
                         bs[k] += g0[k]
                         bsx[k] += g0[k] * (x0[k] - ck[k])
@@ -170,9 +171,9 @@ def grad_sums_cl(dy, x, mean, sum_dy, sum_dy_xc, tasks):
                     s[k] += bs[k]
                     sx[k] += bsx[k]
             for j in range(kw):
-                part_dy[i, k0 + j] = s[j]
-                part_dyx[i, k0 + j] = sx[j]
-    n_k = nc
+                part_dy[i, p * nc + k0 + j] = s[j]
+                part_dyx[i, p * nc + k0 + j] = sx[j]
+    n_k = ns * nc
     ng = min(n_k, tasks)
     for grp in prange(ng):
         for k in range(grp * n_k // ng, (grp + 1) * n_k // ng):

@@ -27,20 +27,21 @@ def _affine_coeffs(x, c, p, mean, var, weight, bias, eps):
 
 
 @helper(inline=True)
-def _grad_coeffs(x, c, parts, mean, invstd, weight, sum_dy, sum_dy_xc, m):
-    """Channel ``c``'s ``(center, k_dy, k_x, k_0)`` in x's dtype, for the
-    training gradient ``dx = k_dy * dy + k_x * (x - center) + k_0``. Its
-    statistics (``m`` values) are those of its group, the ``parts``
-    consecutive channels from ``c - c % parts`` (BatchNorm: 1, GroupNorm:
-    C/G), whose sums, weighted by their weights, make ``k_x`` and ``k_0``."""
+def _grad_coeffs(x, c, p, parts, mean, invstd, weight, sum_dy, sum_dy_xc, m):
+    """``(center, k_dy, k_x, k_0)`` in x's dtype of parameter channel ``p``
+    normalized with statistics ``c`` (``m`` values), for the training
+    gradient ``dx = k_dy * dy + k_x * (x - center) + k_0``. The statistics
+    are those of a group, the ``parts`` consecutive channels from
+    ``p - p % parts`` (BatchNorm: 1, GroupNorm: C/G), whose sums, weighted
+    by their weights, make ``k_x`` and ``k_0``."""
     w1 = 0.0
     w2 = 0.0
-    for q in range(c - c % parts, c - c % parts + parts):
+    for q in range(p - p % parts, p - p % parts + parts):
         wq = weight[q] if weight.size else 1.0
         w1 += wq * sum_dy[q]
         w2 += wq * sum_dy_xc[q]
     r = invstd[c]
-    k_dy = r * (weight[c] if weight.size else 1.0)
+    k_dy = r * (weight[p] if weight.size else 1.0)
     k_x = -r * r * r * w2 / m
     center = x.dtype.type(mean[c])
     k_0 = -r * w1 / m - (mean[c] - np.float64(center)) * k_x
@@ -70,7 +71,7 @@ def _grad_table(x, parts, mean, invstd, weight, sum_dy, sum_dy_xc, m):
     k_0 = np.empty(nc, x.dtype)
     for c in range(nc):
         center[c], k_dy[c], k_x[c], k_0[c] = _grad_coeffs(
-            x, c, parts, mean, invstd, weight, sum_dy, sum_dy_xc, m)
+            x, c, c, parts, mean, invstd, weight, sum_dy, sum_dy_xc, m)
     return center, k_dy, k_x, k_0
 
 
@@ -98,19 +99,26 @@ def affine_cf(x, mean, var, weight, bias, eps, y, tasks):
 
 @kernel
 def affine_cl(x, mean, var, weight, bias, eps, y, tasks):
-    """As :func:`affine_cf`, over ``(R, C)`` views."""
-    nr, nc = x.shape
+    """As :func:`affine_cf`, over ``(P, R, C)`` views: the statistics and
+    parameters of sample ``p``'s column ``k`` at ``p * C + k``."""
+    ns, nr, nc = x.shape
     center, scale, shift = _affine_table(x, mean, var, weight, bias, eps)
     rows = max(1, CHUNK // nc)
-    n_t = (nr + rows - 1) // rows
+    n_rt = (nr + rows - 1) // rows
+    n_t = ns * n_rt
     ng = min(n_t, tasks)
     for grp in prange(ng):
         for t in range(grp * n_t // ng, (grp + 1) * n_t // ng):
-            for r in range(t * rows, min(nr, t * rows + rows)):
-                xr = x[r]
-                yr = y[r]
+            p = t // n_rt
+            r0 = (t - p * n_rt) * rows
+            cen = center[p * nc:p * nc + nc]
+            sc = scale[p * nc:p * nc + nc]
+            sh = shift[p * nc:p * nc + nc]
+            for r in range(r0, min(nr, r0 + rows)):
+                xr = x[p, r]
+                yr = y[p, r]
                 for k in range(nc):
-                    yr[k] = (xr[k] - center[k]) * scale[k] + shift[k]
+                    yr[k] = (xr[k] - cen[k]) * sc[k] + sh[k]
 
 
 @kernel
@@ -139,18 +147,26 @@ def grad_input_cf(dy, x, parts, mean, invstd, weight, sum_dy, sum_dy_xc, count, 
 
 @kernel
 def grad_input_cl(dy, x, parts, mean, invstd, weight, sum_dy, sum_dy_xc, count, dx, tasks):
-    """As :func:`grad_input_cf`, over ``(R, C)`` views."""
-    nr, nc = x.shape
+    """As :func:`grad_input_cf`, over ``(P, R, C)`` views (see
+    :func:`affine_cl`)."""
+    ns, nr, nc = x.shape
     center, k_dy, k_x, k_0 = _grad_table(x, parts, mean, invstd, weight, sum_dy, sum_dy_xc, count)
     rows = max(1, CHUNK // nc)
-    n_t = (nr + rows - 1) // rows
+    n_rt = (nr + rows - 1) // rows
+    n_t = ns * n_rt
     ng = min(n_t, tasks)
     for grp in prange(ng):
         for t in range(grp * n_t // ng, (grp + 1) * n_t // ng):
-            for r in range(t * rows, min(nr, t * rows + rows)):
-                gr = dy[r]
-                xr = x[r]
-                dr = dx[r]
+            p = t // n_rt
+            r0 = (t - p * n_rt) * rows
+            cen = center[p * nc:p * nc + nc]
+            g = k_dy[p * nc:p * nc + nc]
+            h = k_x[p * nc:p * nc + nc]
+            e = k_0[p * nc:p * nc + nc]
+            for r in range(r0, min(nr, r0 + rows)):
+                gr = dy[p, r]
+                xr = x[p, r]
+                dr = dx[p, r]
                 for k in range(nc):
-                    dr[k] = k_dy[k] * gr[k] + k_x[k] * (xr[k] - center[k]) + k_0[k]
+                    dr[k] = g[k] * gr[k] + h[k] * (xr[k] - cen[k]) + e[k]
 

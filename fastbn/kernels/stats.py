@@ -56,31 +56,33 @@ def stats_walk(x, mean, var, tasks):
 
 @kernel
 def stats_cl(x, mean, var, tasks):
-    """Per-column mean and biased variance of an ``(R, C)`` view into float64
-    ``mean`` and ``var``."""
-    nr, nc = x.shape
+    """Per-column mean and biased variance of each sample of a ``(P, R, C)``
+    view (P samples of R rows) into float64 ``mean`` and ``var`` of length
+    P * C (BatchNorm: P = 1; InstanceNorm and GroupNorm: a sample each)."""
+    ns, nr, nc = x.shape
     width = min(nc, COLUMNS)
     nrc = _n_chunks(nr, max(1, CL_CHUNK // width), min(nr, MAX_CHUNKS))
     rsize = (nr + nrc - 1) // nrc
     ncc = (nc + COLUMNS - 1) // COLUMNS
-    part_mean = np.empty((nc, nrc))
-    part_m2 = np.empty((nc, nrc))
-    n_t = nrc * ncc
+    part_mean = np.empty((ns * nc, nrc))
+    part_m2 = np.empty((ns * nc, nrc))
+    n_t = ns * nrc * ncc
     ng = min(n_t, tasks)
     for grp in prange(ng):
         for t in range(grp * n_t // ng, (grp + 1) * n_t // ng):
-            i = t // ncc
-            k0 = (t - i * ncc) * COLUMNS
+            p = t // (nrc * ncc)
+            i = (t - p * nrc * ncc) // ncc
+            k0 = (t - p * nrc * ncc - i * ncc) * COLUMNS
             kw = min(nc, k0 + COLUMNS) - k0
             r0 = i * rsize
             r1 = min(nr, r0 + rsize)
             mu = np.empty(kw)
             m2 = np.empty(kw)
-            _cl_moments(x, r0, r1, k0, mu, m2)
+            _cl_moments(x[p], r0, r1, k0, mu, m2)
             for j in range(kw):
-                part_mean[k0 + j, i] = mu[j]
-                part_m2[k0 + j, i] = m2[j]
-    n_k = nc
+                part_mean[p * nc + k0 + j, i] = mu[j]
+                part_m2[p * nc + k0 + j, i] = m2[j]
+    n_k = ns * nc
     ng = min(n_k, tasks)
     for grp in prange(ng):
         for k in range(grp * n_k // ng, (grp + 1) * n_k // ng):
