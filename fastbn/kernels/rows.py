@@ -138,8 +138,8 @@ def rows_backward(dy, x, mean, invstd, weight, dx, dweight, dbias, tasks):
     x's dtype, per task in float64, merged in task order."""
     _, nr, nd = x.shape
     tr, n_t = _tiles(nr, nd)
-    part_w = np.zeros((n_t, nd))
-    part_b = np.zeros((n_t, nd))
+    part_w = np.empty((n_t, nd))
+    part_b = np.empty((n_t, nd))
     ng = min(n_t, tasks)
     for grp in prange(ng):
         a1 = np.empty(TILE_ROWS)
@@ -151,7 +151,11 @@ def rows_backward(dy, x, mean, invstd, weight, dx, dweight, dbias, tasks):
         shift = np.empty(TILE_ROWS, x.dtype)
         acc_w = np.empty(nd, x.dtype)
         acc_b = np.empty(nd, x.dtype)
+        tw = np.empty(nd)
+        tb = np.empty(nd)
         for t in range(grp * n_t // ng, (grp + 1) * n_t // ng):
+            tw[:] = 0.0
+            tb[:] = 0.0
             for r0 in range(t * nr // n_t, (t + 1) * nr // n_t, tr):
                 r1 = min((t + 1) * nr // n_t, r0 + tr)
                 for i in range(r1 - r0):
@@ -186,11 +190,14 @@ def rows_backward(dy, x, mean, invstd, weight, dx, dweight, dbias, tasks):
                         dr[d] = g * weight[d] * gd + h * xc + e
                         acc_w[d] += gd * (xc * g + sh)
                         acc_b[d] += gd
-                pw = part_w[t]
-                pb = part_b[t]
                 for d in range(nd):
-                    pw[d] += acc_w[d]
-                    pb[d] += acc_b[d]
+                    tw[d] += acc_w[d]
+                    tb[d] += acc_b[d]
+            # Assigned, not added into: with ``+=`` into part_w the parallel
+            # twin ran 7x slower at chunk size 1 (measured, 4096x768).
+            for d in range(nd):
+                part_w[t, d] = tw[d]
+                part_b[t, d] = tb[d]
     for d in range(nd):
         w = 0.0
         b = 0.0
