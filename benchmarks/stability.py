@@ -1,6 +1,7 @@
-"""Accuracy of float32 batch statistics at growing mean offsets.
+"""Accuracy of float32 batch statistics at growing mean offsets; the family's at one.
 
     python benchmarks/stability.py [--markdown docs/stability-table.md]
+                                   [--family-markdown docs/stability-family-table.md]
 
 For float32 data ``offset + std * z`` (z standard normal, std = 1) with
 ``offset`` = 0, 1e2, 1e3, 1e4 and 1e5 times std, and one channel holding more
@@ -18,6 +19,20 @@ the largest relative error of the variance over the channels, and the
 largest error of the mean in units of the standard deviation. The mean of
 every float32 method is rounded to float32, so it cannot do better than the
 "reference rounded to float32" column.
+
+Then LayerNorm, GroupNorm and InstanceNorm at one large offset: float32 data with
+``|mean| = 1e4 * std``, shape (8, 32, 16, 16), normalized by LayerNorm
+(over (C, H, W), and over C of the NHWC array), GroupNorm (8 groups) and
+InstanceNorm, NCHW and NHWC (for PyTorch a ``channels_last`` tensor), with
+fastbn (``cache.mean``, ``cache.var``, y) and PyTorch
+(``torch.native_layer_norm``, ``torch.native_group_norm``, and for
+InstanceNorm ``F.instance_norm``'s y with the statistics of the
+``native_batch_norm`` it runs over the ``(1, N*C, H, W)`` view; PyTorch's
+variance is ``1 / rstd**2 - eps`` of its float32 ``rstd``), against a
+float64 two-pass reference over the same float32 values. Reported: the
+largest error over the normalized sets of the mean in units of the data's
+magnitude (max |x|), of the variance relative, and the largest absolute
+error of y (which has std 1).
 """
 
 from __future__ import annotations
@@ -173,11 +188,158 @@ def tables(rows: list) -> str:
     return "\n".join(lines) + "\n"
 
 
+# ----------------------------------------------------------------------------- the family
+
+#: (N, C, H, W) of the family's cases; float32 ``FAMILY_OFFSET + z``.
+FAMILY_SHAPE = (8, 32, 16, 16)
+FAMILY_OFFSET = 1e4
+FAMILY_GROUPS = 8
+FAMILY_EPS = 1e-5
+
+
+def _nhwc(a: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(a.transpose(0, 2, 3, 1))
+
+
+def _torch_nchw(a: np.ndarray, layout: str):
+    """A float32 NCHW-shaped tensor of ``a``: contiguous, or for an NHWC
+    array a ``channels_last`` tensor (the memory of ``a``)."""
+    t = torch.from_numpy(a)
+    if layout == "NCHW":
+        return t
+    return t.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
+
+
+def _torch_var(rstd) -> np.ndarray:
+    """The biased variance behind PyTorch's float32 ``rstd = 1/sqrt(var + eps)``."""
+    return 1.0 / rstd.double().numpy().ravel() ** 2 - FAMILY_EPS
+
+
+class FamilyCase:
+    """One normalization of float32 data ``x`` (stored in ``layout``): the
+    normalized sets as rows of ``units(a)`` for an array of x's shape, and
+    each method's ``(y, mean, var)`` (mean and var flat, one per set)."""
+
+    def __init__(self, label: str, norm: str, layout: str):
+        self.label, self.norm, self.layout = label, norm, layout
+
+    def units(self, a: np.ndarray) -> np.ndarray:
+        n, c = FAMILY_SHAPE[:2]
+        if self.norm == "layer-c":  # the rows of the NHWC array
+            return a.reshape(-1, c)
+        if self.layout == "NHWC":
+            a = a.transpose(0, 3, 1, 2)
+        sets = {"layer": n, "group": n * FAMILY_GROUPS, "instance": n * c}[self.norm]
+        return a.reshape(sets, -1)
+
+    def run_fastbn(self, x: np.ndarray):
+        eps, layout = FAMILY_EPS, self.layout
+        if self.norm == "layer":
+            y, cache = fastbn.layer_norm_forward(x, x.shape[1:], eps=eps)
+        elif self.norm == "layer-c":
+            y, cache = fastbn.layer_norm_forward(x, x.shape[-1], eps=eps)
+        elif self.norm == "group":
+            y, cache = fastbn.group_norm_forward(x, FAMILY_GROUPS, eps=eps, layout=layout)
+        else:
+            y, cache = fastbn.instance_norm_forward(x, eps=eps, layout=layout)
+        return y, cache.mean.ravel(), cache.var.ravel()
+
+    def run_torch(self, x: np.ndarray):
+        eps = FAMILY_EPS
+        if self.norm in ("layer", "layer-c"):
+            shape = x.shape[1:] if self.norm == "layer" else x.shape[-1:]
+            y, mean, rstd = torch.native_layer_norm(torch.from_numpy(x), shape, None, None, eps)
+            return y.numpy(), mean.double().numpy().ravel(), _torch_var(rstd)
+        t = _torch_nchw(x, self.layout)
+        n, c, h, w = t.shape
+        if self.norm == "group":
+            y, mean, rstd = torch.native_group_norm(t, None, None, n, c, h * w,
+                                                    FAMILY_GROUPS, eps)
+        else:
+            # F.instance_norm is batch_norm over the (1, N*C, H, W) view of
+            # its input made contiguous: the statistics are those.
+            y = F.instance_norm(t, eps=eps)
+            _, mean, rstd = torch.native_batch_norm(t.contiguous().view(1, n * c, h, w),
+                                                    None, None, None, None, True, 0.0, eps)
+        if self.layout == "NHWC":
+            y = y.permute(0, 2, 3, 1)
+        return y.contiguous().numpy(), mean.double().numpy().ravel(), _torch_var(rstd)
+
+
+def family_cases() -> list:
+    return [
+        FamilyCase("LayerNorm over (C, H, W)", "layer", "NCHW"),
+        FamilyCase("LayerNorm over C of NHWC", "layer-c", "NHWC"),
+        FamilyCase(f"GroupNorm (G = {FAMILY_GROUPS}), NCHW", "group", "NCHW"),
+        FamilyCase(f"GroupNorm (G = {FAMILY_GROUPS}), NHWC", "group", "NHWC"),
+        FamilyCase("InstanceNorm, NCHW", "instance", "NCHW"),
+        FamilyCase("InstanceNorm, NHWC", "instance", "NHWC"),
+    ]
+
+
+def family_errors(case: FamilyCase, x: np.ndarray) -> dict:
+    """Per method: (max mean error / max|x|, max relative variance error,
+    max |y error|) against the float64 two-pass reference."""
+    if case.layout == "NHWC":
+        x = _nhwc(x)
+    u = case.units(x).astype(np.float64)
+    ref_mean = u.mean(axis=1)
+    ref_var = np.mean((u - ref_mean[:, None]) ** 2, axis=1)
+    ref_y = (u - ref_mean[:, None]) / np.sqrt(ref_var[:, None] + FAMILY_EPS)
+    scale = float(np.max(np.abs(u)))
+    methods = {"fastbn": case.run_fastbn}
+    if torch is not None:
+        methods["PyTorch"] = case.run_torch
+    result = {}
+    for name, fn in methods.items():
+        y, mean, var = fn(x)
+        y = case.units(np.asarray(y)).astype(np.float64)
+        result[name] = (
+            float(np.max(np.abs(mean - ref_mean)) / scale),
+            float(np.max(np.abs(var - ref_var) / ref_var)),
+            float(np.max(np.abs(y - ref_y))),
+        )
+    result["reference rounded to float32"] = (
+        float(np.max(np.abs(ref_mean.astype(np.float32) - ref_mean)) / scale),
+        float(np.max(np.abs(ref_var.astype(np.float32) - ref_var) / ref_var)),
+        float(np.max(np.abs(ref_y.astype(np.float32) - ref_y))),
+    )
+    return result
+
+
+def family_tables(rows: list) -> str:
+    names = list(rows[0][1])
+    lines = []
+    for title, idx in (("Mean: largest error, in units of the data's magnitude (max |x|)", 0),
+                       ("Variance: largest relative error", 1),
+                       ("Output y: largest absolute error (y has std 1)", 2)):
+        lines += [f"**{title}**", ""]
+        lines.append("| norm, layout | " + " | ".join(names) + " |")
+        lines.append("|---|" + "---:|" * len(names))
+        for label, res in rows:
+            lines.append(f"| {label} | " + " | ".join(fmt(res[n][idx]) for n in names) + " |")
+        lines.append("")
+    lines.append(
+        f"Data: float32 `offset + z`, offset {_offset(FAMILY_OFFSET)}, z standard normal "
+        f"(std 1), seed 0; (N, C, H, W) = {FAMILY_SHAPE}, "
+        f"eps = 1e{round(math.log10(FAMILY_EPS))}, no weight or bias. "
+        "Errors over every normalized set (sample, group or channel, or row) against a "
+        "float64 two-pass reference over the same float32 values."
+    )
+    versions = [f"NumPy {np.__version__}", f"fastbn {fastbn.__version__}"]
+    if torch is not None:
+        versions.append(f"PyTorch {torch.__version__}")
+    lines.append(f"Python {platform.python_version()}, " + ", ".join(versions) + ".")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--markdown", metavar="FILE", help="also write the tables to FILE")
     parser.add_argument("--no-huge", action="store_true",
                         help="skip the case with more than 2**24 values per channel")
+    parser.add_argument("--family-markdown", metavar="FILE",
+                        help="also write the LayerNorm/GroupNorm/InstanceNorm tables to FILE")
     args = parser.parse_args(argv)
     rows = []
     for label, shape, off in cases(not args.no_huge):
@@ -187,6 +349,13 @@ def main(argv=None) -> int:
     print(text)
     if args.markdown:
         with open(args.markdown, "w") as fh:
+            fh.write(text)
+    x = make(FAMILY_SHAPE, FAMILY_OFFSET)
+    family = [(case.label, family_errors(case, x)) for case in family_cases()]
+    text = family_tables(family)
+    print(text)
+    if args.family_markdown:
+        with open(args.family_markdown, "w") as fh:
             fh.write(text)
     return 0
 
