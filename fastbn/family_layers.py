@@ -85,7 +85,7 @@ class LayerNorm(_layer_base.NormLayer):
         if x.ndim <= len(shape) or x.shape[x.ndim - len(shape):] != shape:
             raise ValueError(
                 f"LayerNorm(normalized_shape={shape}) expects an input whose last "
-                f"{len(shape)} ax{'is' if len(shape) == 1 else 'es'} have shape {shape}, "
+                f"{len(shape)} ax{'is has' if len(shape) == 1 else 'es have'} shape {shape}, "
                 f"with at least one axis before, got shape {x.shape}")
         return x
 
@@ -196,9 +196,15 @@ class InstanceNorm(_layer_base.NormLayer):
                          running=self.track_running_stats)
 
     def _forward(self, x):
+        x = self._check_input(x)
+        use_input_stats = self.training or self.running_mean is None
+        if use_input_stats and x.size < 2 * x.shape[0] * self.num_features:
+            raise ValueError(
+                f"InstanceNorm(num_features={self.num_features}) expects more than 1 spatial "
+                f"value per channel when it normalizes with the instance statistics, got "
+                f"input of shape {x.shape}")
         return instance_norm_forward(
-            self._check_input(x), self.weight, self.bias,
-            use_input_stats=self.training or self.running_mean is None,
+            x, self.weight, self.bias, use_input_stats=use_input_stats,
             running_mean=self.running_mean, running_var=self.running_var,
             momentum=0.0 if self.momentum is None else self.momentum, eps=self.eps,
             layout=self.layout)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from fastbn import family as F
-from fastbn.family_layers import GroupNorm, InstanceNorm, LayerNorm
+from fastbn import GroupNorm, InstanceNorm, LayerNorm
 
 SHAPE = (4, 6, 3, 5)  # NCHW, C = 6
 
@@ -292,3 +292,14 @@ def test_input_errors_name_the_layer_and_change_nothing(rng, layer, good, shape,
     with pytest.raises(ValueError, match=pattern):
         layer(np.ones(shape, np.float32))
     assert layer.backward(np.ones_like(y)).shape == good  # the cache of the last forward
+
+
+def test_instance_norm_one_spatial_value_names_the_layer():
+    """Training needs more than one spatial value; the message names the
+    layer; eval with running statistics accepts one."""
+    layer = InstanceNorm(3, track_running_stats=True)
+    x = np.ones((4, 3, 1, 1), np.float32)
+    with pytest.raises(ValueError, match=r"InstanceNorm\(num_features=3\).*more than 1 spatial"):
+        layer(x)
+    assert layer.running_mean.tolist() == [0, 0, 0]
+    assert layer.eval()(x).shape == x.shape
