@@ -65,7 +65,7 @@ def _tile_moments(x, r0, r1, mean, var, s2s):
         mean[i] += s1 / nd
 
 
-@helper
+@helper(inline=True)
 def _row_grad_sums(gr, xr, weight, c):
     """float64 sums of ``g = gr * weight`` and ``g * (xr - c)`` over a row,
     in blocks of :data:`BLOCK` summed in x's dtype (one loop when the row
