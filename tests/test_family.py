@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import fastbn
+from fastbn.kernels import BLOCK
 import reference_family as ref
 from family_helpers import (
     EPS,
@@ -466,3 +467,23 @@ def test_errors(rng, kind, call, exc_type, groups):
         call(s)
     assert_message(excinfo, *groups)
     s.check_unchanged()
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+def test_layer_norm_rows_longer_than_a_block(rng, dtype):
+    """Rows of more than BLOCK values take the blocked statistics and sums;
+    constant rows stay exact there too."""
+    d = BLOCK + 904
+    x = (1e3 + rng.standard_normal((3, d))).astype(dtype)
+    x[1] = 7.25
+    w, b = rng.standard_normal(d).astype(dtype), rng.standard_normal(d).astype(dtype)
+    dy = rng.standard_normal(x.shape).astype(dtype)
+    y, cache = fastbn.layer_norm_forward(x, d, w, b)
+    dx, dw, db = fastbn.layer_norm_backward(dy, cache)
+    ry, rmean, rvar = ref.layer_norm(x, d, w, b)
+    rdx, rdw, rdb = ref.layer_norm_backward(dy, x, d, w)
+    check_stats(cache.mean, cache.var, rmean, rvar, dtype, data_scale(x))
+    np.testing.assert_array_equal(y[1], b)
+    rtol = 1e-10 if dtype == np.float64 else 2e-4
+    for got, want in ((y, ry), (dx, rdx), (dw, rdw), (db, rdb)):
+        np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol * np.abs(want).max())
