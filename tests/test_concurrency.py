@@ -1,4 +1,5 @@
-"""Threads and fork (SPEC "Concurrency and processes")."""
+"""Threads and fork (SPEC "Concurrency and processes"), BatchNorm and the
+rest of the family."""
 
 from __future__ import annotations
 
@@ -67,6 +68,20 @@ def _make_tasks():
     def shared_eval(x):
         return lambda: (shared(x),)
 
+    def family(x, layout):
+        def task():
+            C = x.shape[1 if layout == "NCHW" else -1]
+            rm, rv = np.zeros(C), np.ones(C)
+            g = 4 if C % 4 == 0 else 1
+            yg, cg = fastbn.group_norm_forward(x, g, layout=layout)
+            yi, ci = fastbn.instance_norm_forward(x, running_mean=rm, running_var=rv,
+                                                  layout=layout)
+            yl, cl = fastbn.layer_norm_forward(x, x.shape[-1])
+            return (yg, *fastbn.group_norm_backward(yg * 0.5, cg), yi,
+                    *fastbn.instance_norm_backward(yi * 0.5, ci), rm, rv, yl,
+                    *fastbn.layer_norm_backward(yl * 0.5, cl))
+        return task
+
     return [
         functional(big, "NCHW"), functional(big_nhwc, "NHWC"),
         functional(mid64, "NCHW"), functional(small32, "NCHW"),
@@ -75,6 +90,8 @@ def _make_tasks():
         layer(big, "NCHW"), layer(small32, "NCHW"), layer(mid64, "NCHW"),
         layer(big_nhwc, "NHWC"),
         shared_eval(big_nhwc), shared_eval(big_nhwc[:2]),
+        family(big, "NCHW"), family(big_nhwc, "NHWC"), family(small32, "NCHW"),
+        family(strided, "NCHW"),
     ], {"big": big, "small64": small64}
 
 

@@ -34,8 +34,12 @@ def compute(which):
     mean, var = fastbn.batch_stats(x, layout=layout)
     bn = fastbn.BatchNorm(C, layout=layout, dtype=x.dtype)
     yl = bn(x)
+    yg, gcache = fastbn.group_norm_forward(x, C, layout=layout)  # InstanceNorm's kernels too
+    dxg, _, _ = fastbn.group_norm_backward(np.ones_like(x) - x / 10, gcache)
+    yn, _ = fastbn.layer_norm_forward(x, x.shape[-1])
     return which, os.getpid(), dict(y=y, dx=dx, dw=dw, db=db, mean=mean, var=var,
-                                    rm=rm, rv=rv, yl=yl, lrm=bn.running_mean)
+                                    rm=rm, rv=rv, yl=yl, lrm=bn.running_mean, yg=yg, dxg=dxg,
+                                    yn=yn)
 
 
 def main():
