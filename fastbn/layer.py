@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import _checks, _layer_base
+from . import _checks, _ghost, _layer_base
 from .functional import BatchNormCache, _forward_call, batch_norm_backward
 
 __all__ = ["BatchNorm"]
@@ -34,6 +34,12 @@ class BatchNorm(_layer_base.NormLayer):
     unbiased_running_var : bool
         False stores the biased batch variance in ``running_var`` (Keras,
         Flax, numpy-ml) instead of ``var * m / (m - 1)`` (PyTorch).
+    virtual_batch_size : int or None
+        Ghost batch normalization: in training, statistics per consecutive
+        chunk of this many samples along N (which it must divide), each
+        chunk normalized with its own; the running statistics are updated
+        once per call with the mean over the chunks of their mean and
+        unbiased variance. Eval mode is unchanged. None: the whole batch.
 
     Examples
     --------
@@ -42,7 +48,8 @@ class BatchNorm(_layer_base.NormLayer):
     >>> dx = bn.backward(np.ones_like(y))
     """
 
-    _KEYWORDS = ("eps", "momentum", "affine", "track_running_stats", "layout")
+    _KEYWORDS = ("eps", "momentum", "affine", "track_running_stats", "layout",
+                 "virtual_batch_size")
 
     def __init__(
         self,
@@ -55,7 +62,10 @@ class BatchNorm(_layer_base.NormLayer):
         layout: str = "NCHW",
         dtype=np.float32,
         unbiased_running_var: bool = True,
+        virtual_batch_size: int | None = None,
     ):
+        self.virtual_batch_size = (None if virtual_batch_size is None else
+                                   _layer_base.size(virtual_batch_size, "virtual_batch_size"))
         self.num_features = _layer_base.size(num_features, "num_features")
         dtype = _layer_base.dtype(dtype)
         self.eps = _checks.eps(eps)
@@ -73,6 +83,14 @@ class BatchNorm(_layer_base.NormLayer):
         momentum = self.momentum
         if update and momentum is None:
             momentum = 1.0 / (self.num_batches_tracked + 1)
+        if self.training and self.virtual_batch_size is not None:
+            y, cache = _ghost.forward(
+                x, self.virtual_batch_size, self.weight, self.bias, self.running_mean,
+                self.running_var, momentum, self.eps, self.layout, self._check_input,
+                self.unbiased_running_var, self._communicator())
+            if update and cache.stats_finite:
+                self.num_batches_tracked += 1
+            return y, cache
         stats = update or not use_batch
         y, cache = _forward_call(
             x, self.weight, self.bias, use_batch, self.running_mean if stats else None,
@@ -93,5 +111,7 @@ class BatchNorm(_layer_base.NormLayer):
 
         Sets ``grad_weight`` and ``grad_bias`` (overwritten, not accumulated).
         """
-        return self._gradients(batch_norm_backward(dy, self._last_cache(),
-                                                   input_grad=input_grad))
+        cache = self._last_cache()
+        if isinstance(cache, _ghost.GhostCache):
+            return self._gradients(_ghost.backward(dy, cache, input_grad))
+        return self._gradients(batch_norm_backward(dy, cache, input_grad=input_grad))

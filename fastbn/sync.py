@@ -31,8 +31,17 @@ class SyncBatchNorm(BatchNorm):
         Number of channels C.
     comm : mpi4py.MPI.Comm, optional
         Communicator; ``MPI.COMM_WORLD`` by default.
-    eps, momentum, affine, track_running_stats, layout, dtype
+    eps, momentum, affine, track_running_stats, layout, dtype, unbiased_running_var
         As for :class:`BatchNorm`.
+    virtual_batch_size : int or None
+        Ghost batch normalization over each rank's own batch: in training,
+        statistics per consecutive chunk of this many samples of the local
+        batch (which it must divide; an empty one is fine), so that no chunk
+        spans ranks and the forward output needs no communication. The
+        running statistics get the mean over the chunks of all ranks, and
+        ``grad_weight``/``grad_bias`` are sums over all ranks, as without
+        it: the same as :class:`BatchNorm` with ``virtual_batch_size`` over
+        the ranks' batches concatenated in rank order.
 
     Raises
     ------
@@ -62,11 +71,13 @@ class SyncBatchNorm(BatchNorm):
         layout: str = "NCHW",
         dtype=np.float32,
         unbiased_running_var: bool = True,
+        virtual_batch_size: int | None = None,
     ):
         comm = _collective.communicator(comm)
         super().__init__(num_features, eps=eps, momentum=momentum, affine=affine,
                          track_running_stats=track_running_stats, layout=layout, dtype=dtype,
-                         unbiased_running_var=unbiased_running_var)
+                         unbiased_running_var=unbiased_running_var,
+                         virtual_batch_size=virtual_batch_size)
         self.comm = comm
 
     def __repr__(self) -> str:

@@ -1,0 +1,214 @@
+"""Ghost batch normalization (Hoffer et al., 2017): ``BatchNorm``'s training
+pass with statistics per consecutive chunk of ``virtual_batch_size`` samples.
+
+Each chunk ``x[j*v:(j+1)*v]`` is a view along N (N is the first axis in
+both layouts) and goes through the ordinary forward and backward passes
+(the same kernels, no running statistics), writing into its slice of one
+output array; the running statistics are then updated once, with the mean
+over the chunks of their mean and unbiased variance. Over MPI ranks
+(``SyncBatchNorm``) the chunks are those of each rank's local batch, so that
+no statistics cross ranks; one ``allgather`` per pass averages the chunk
+statistics for the running statistics (forward) and sums the parameter
+gradients (backward) over the ranks, in rank order.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Callable
+
+import numpy as np
+
+from . import _checks, _collective
+from ._layout import Plan
+from .functional import (BatchNormCache, _forward_call, _update_running, _user_stacklevel,
+                         batch_norm_backward)
+
+
+class GhostCache:
+    """What the backward pass of a ghost forward needs: one
+    :class:`~fastbn.BatchNormCache` per chunk (``caches``), in batch order.
+
+    Attributes
+    ----------
+    virtual_batch_size : int
+        Samples per chunk.
+    stats_finite : bool
+        Whether the chunk statistics were finite (running statistics were
+        updated only then).
+    """
+
+    __slots__ = ("x", "axis", "caches", "virtual_batch_size", "stats_finite", "comm")
+    training = True
+
+    def __init__(self, x, axis, caches, virtual_batch_size, stats_finite, comm):
+        self.x = x
+        self.axis = axis
+        self.caches = caches
+        self.virtual_batch_size = virtual_batch_size
+        self.stats_finite = stats_finite
+        self.comm = comm
+
+    @property
+    def mean(self) -> np.ndarray:
+        """Per-chunk mean, float64, shape (N // virtual_batch_size, C)."""
+        return _stack([c.mean for c in self.caches], self.x.shape[self.axis])
+
+    @property
+    def var(self) -> np.ndarray:
+        """Per-chunk biased variance, as :attr:`mean`."""
+        return _stack([c.var for c in self.caches], self.x.shape[self.axis])
+
+    def __repr__(self) -> str:
+        return (f"GhostCache({len(self.caches)} chunks of {self.virtual_batch_size}, "
+                f"x shape {self.x.shape}, dtype {self.x.dtype})")
+
+
+def _stack(rows: list, channels: int) -> np.ndarray:
+    return np.stack(rows) if rows else np.empty((0, channels))
+
+
+def _chunks(x: np.ndarray, v: int, layout: str, synced: bool) -> tuple[int, int, int]:
+    """Checks of ``x`` for chunks of ``v`` samples; returns (channel axis,
+    chunk count, values per channel in a chunk)."""
+    axis, c = _checks.channels(x, layout, allow_empty=synced)
+    n = x.shape[0]
+    if n % v:
+        raise ValueError(
+            f"virtual_batch_size={v} must divide the batch size in training, got a batch "
+            f"of {n} samples (shape {x.shape}); use a batch size that is a multiple of {v}"
+        )
+    m = (x.size // c // n) * v if n else 2
+    if m < 2:
+        raise ValueError(
+            f"virtual_batch_size={v} leaves {m} value per channel in each chunk of an input "
+            f"of shape {x.shape}; training needs more than 1 (a larger virtual_batch_size)"
+        )
+    return axis, n // v, m
+
+
+def _output(x: np.ndarray, axis: int) -> np.ndarray:
+    """An array for y or dx whose chunks the kernels can write in place."""
+    if x.size == 0 or x.dtype == np.float16:
+        return np.empty_like(x)
+    return Plan(x, axis).empty(x.dtype)
+
+
+def forward(x, v: int, weight, bias, running_mean, running_var, momentum: float, eps: float,
+            layout: str, check: Callable[[object], np.ndarray], unbiased: bool,
+            comm=None) -> tuple[np.ndarray, GhostCache]:
+    """Training forward of ghost batch normalization (``comm``: over the
+    ranks of an MPI communicator, each rank chunking its own batch).
+    Nothing is changed when it raises."""
+    if comm is not None:
+        return _synced_forward(x, v, weight, bias, running_mean, running_var, momentum, eps,
+                               layout, check, unbiased, comm)
+    x = check(x)
+    axis, k, m = _chunks(x, v, layout, False)
+    y, caches = _local(x, axis, v, k, weight, bias, eps, layout, unbiased)
+    finite = True
+    if running_mean is not None:
+        mean, var = _sums(caches, x.shape[axis])
+        factor = m / (m - 1.0) if unbiased else 1.0
+        finite = _update(running_mean, running_var, mean / k, var / k, factor, momentum)
+    return y, GhostCache(x, axis, caches, v, finite, None)
+
+
+def _local(x, axis, v, k, weight, bias, eps, layout, unbiased):
+    """Each chunk through the ordinary forward, into its slice of y."""
+    y = _output(x, axis)
+    caches = []
+    for j in range(k):
+        s = slice(j * v, (j + 1) * v)
+        _, cache = _forward_call(x[s], weight, bias, True, None, None, 0.0, eps, layout, y[s],
+                                 None, None, unbiased)
+        caches.append(cache)
+    return y, caches
+
+
+def _sums(caches: list[BatchNormCache], c: int):
+    """Sums over the chunks of their mean and biased variance."""
+    mean, var = np.zeros(c), np.zeros(c)
+    for cache in caches:
+        mean += cache._mean
+        var += cache._var
+    return mean, var
+
+
+def _update(running_mean, running_var, mean, var, factor, momentum) -> bool:
+    """The running statistics' update (``var * factor``), or a warning."""
+    finite = _update_running(running_mean, running_var, mean, var, factor, momentum)
+    if not finite:
+        warnings.warn(
+            "batch statistics are not finite (NaN or Inf in the input); "
+            "running statistics were not updated",
+            RuntimeWarning,
+            stacklevel=_user_stacklevel(),
+        )
+    return finite
+
+
+def _synced_forward(x, v, weight, bias, running_mean, running_var, momentum, eps, layout,
+                    check, unbiased, comm):
+    y, caches, error, payload, header = None, None, None, None, None
+    try:
+        x = check(x)
+        axis, k, m = _chunks(x, v, layout, True)
+        y, caches = _local(x, axis, v, k, weight, bias, eps, layout, unbiased)
+        mean, var = _sums(caches, x.shape[axis])
+        if unbiased:  # the ranks' chunks may differ in size (spatial extents)
+            var *= m / (m - 1.0)
+        header, payload = (x.shape[axis], x.dtype.str, layout), (k, v, mean, var)
+    except (TypeError, ValueError) as exc:
+        error = exc
+    parts = _collective.exchange(comm, error, header, payload)
+    sizes = [p[1] for p in parts]
+    if any(s != sizes[0] for s in sizes):
+        raise ValueError(f"ranks disagree on virtual_batch_size: expected the same on every "
+                         f"rank, got {sizes} in rank order")
+    total = sum(p[0] for p in parts)
+    if total == 0:
+        raise ValueError(f"expected at least one chunk of virtual_batch_size={v} samples in "
+                         f"the batch of all ranks, got none (every rank's batch is empty)")
+    finite = True
+    if running_mean is not None:
+        mean = _collective.sum_in_order([p[2] for p in parts])
+        var = _collective.sum_in_order([p[3] for p in parts])
+        finite = _update(running_mean, running_var, mean / total, var / total, 1.0, momentum)
+    return y, GhostCache(x, axis, caches, v, finite, comm)
+
+
+def backward(dy, cache: GhostCache, input_grad: bool = True):
+    """``(dx, dweight, dbias)`` of a ghost forward: each chunk's backward
+    into its slice of dx, the parameter gradients summed over the chunks
+    (and, over MPI ranks, over the ranks: a collective call)."""
+    input_grad = _checks.flag(input_grad, "input_grad")
+    if cache.comm is None:
+        return _local_backward(dy, cache, input_grad)
+    result, error = None, None
+    try:
+        result = _local_backward(dy, cache, input_grad)
+    except (TypeError, ValueError) as exc:
+        error = exc
+    payload = None if result is None else (result[1].astype(np.float64),
+                                           result[2].astype(np.float64))
+    parts = _collective.exchange(cache.comm, error, None, payload)
+    dtype = cache.x.dtype
+    dweight = _collective.sum_in_order([p[0] for p in parts]).astype(dtype)
+    dbias = _collective.sum_in_order([p[1] for p in parts]).astype(dtype)
+    return result[0], dweight, dbias
+
+
+def _local_backward(dy, cache: GhostCache, input_grad: bool):
+    x, v = cache.x, cache.virtual_batch_size
+    dy = _checks.grad_output(dy, x)
+    dx = _output(x, cache.axis) if input_grad else None
+    c = x.shape[cache.axis]
+    dweight, dbias = np.zeros(c), np.zeros(c)
+    for j, chunk in enumerate(cache.caches):
+        s = slice(j * v, (j + 1) * v)
+        _, dw, db = batch_norm_backward(dy[s], chunk, input_grad=input_grad,
+                                        out=None if dx is None else dx[s])
+        dweight += dw
+        dbias += db
+    return dx, dweight.astype(x.dtype), dbias.astype(x.dtype)
