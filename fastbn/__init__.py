@@ -17,6 +17,7 @@ from .family import (NormCache, group_norm_backward, group_norm_forward, instanc
                      instance_norm_forward, layer_norm_backward, layer_norm_forward)
 from .family_layers import GroupNorm, InstanceNorm, LayerNorm
 from .layer import BatchNorm
+from .renorm import BatchRenorm, BatchRenormCache, batch_renorm_backward, batch_renorm_forward
 from .sync import SyncBatchNorm
 from . import _choices
 
@@ -30,6 +31,10 @@ __all__ = [
     "InstanceNorm",
     "LayerNorm",
     "BatchNormCache",
+    "BatchRenorm",
+    "BatchRenormCache",
+    "batch_renorm_backward",
+    "batch_renorm_forward",
     "SyncBatchNorm",
     "batch_norm_backward",
     "batch_norm_forward",
