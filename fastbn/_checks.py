@@ -158,6 +158,15 @@ def flag(value, name: str) -> bool:
     return bool(value)
 
 
+def activation(value) -> bool:
+    """An ``activation`` option: None, or "relu" (True)."""
+    if value is None or (type(value) is str and value == "relu"):
+        return value is not None
+    if isinstance(value, str):
+        raise ValueError(f"activation must be None or 'relu', got {value!r}")
+    raise TypeError(f"activation must be None or 'relu', got {describe(value)}")
+
+
 def eps(value) -> float:
     if not _is_real(value):
         raise TypeError(f"eps must be a real number >= 0, got {describe(value)}")

@@ -47,10 +47,11 @@ def _gather(comm, part: np.ndarray) -> np.ndarray:
 
 
 def forward(sync: Sync, plan: Plan | None, xv, channels: int,
-            weight, bias, eps, yv) -> tuple[np.ndarray, np.ndarray]:
+            weight, bias, eps, lo, gate, yv) -> tuple[np.ndarray, np.ndarray]:
     """Write this rank's output ``yv`` from its input ``xv`` (kernel views),
-    normalized with the statistics of all ranks; returns them as float64
-    ``(mean, var)``."""
+    normalized with the statistics of all ranks (``lo``, ``gate``: a fused
+    activation, see :func:`fastbn.kernels.affine_cf`); returns them as
+    float64 ``(mean, var)``."""
     part = np.zeros((2, channels))
     if sync.count:
         KERNELS["stats"][plan.kind](xv.size, xv, part[0], part[1])
@@ -59,21 +60,22 @@ def forward(sync: Sync, plan: Plan | None, xv, channels: int,
     _, mean, var = _collective.merge_moments(
         [(n, p[0], p[1]) for n, p in zip(sync.counts, everyone)], channels)
     if sync.count:
-        KERNELS["affine"][plan.kind](xv.size, xv, mean, var, weight, bias, eps, yv)
+        KERNELS["affine"][plan.kind](xv.size, xv, mean, var, weight, bias, eps, lo, gate, yv)
     return mean, var
 
 
 def backward(sync: Sync, dy: np.ndarray, x: np.ndarray, plan: Plan | None, mean, invstd,
-             weight, total: int, dxv) -> tuple[np.ndarray, np.ndarray]:
+             weight, total: int, act: tuple, dxv) -> tuple[np.ndarray, np.ndarray]:
     """Write this rank's ``dxv`` (a kernel view; None: no dx) for the batch
     of all ranks; returns the per-channel ``sum(dy)`` and ``sum(dy * (x - mean))`` of all
-    ranks (float64)."""
+    ranks (float64); ``act``: the fused activation's ``(lo, gate)``."""
+    lo, gate = act
     part = np.zeros((2, mean.size))
     if sync.count:
         dyv, xv = plan.view(dy), plan.view(x)
-        KERNELS["grad_sums"][plan.kind](2 * x.size, dyv, xv, mean, part[0], part[1])
+        KERNELS["grad_sums"][plan.kind](2 * x.size, dyv, xv, mean, gate, lo, part[0], part[1])
     sums = _collective.sum_in_order(_gather(sync.comm, part))
     if sync.count and dxv is not None:
         KERNELS["grad_input"][plan.kind](2 * x.size, dyv, xv, 1, mean, invstd, weight,
-                                         sums[0], sums[1], float(total), dxv)
+                                         sums[0], sums[1], float(total), gate, lo, dxv)
     return sums[0], sums[1]

@@ -31,12 +31,14 @@ def _train_forward(fused: bool, x: np.ndarray) -> Callable[[], object]:
     c = x.shape[1]
     mean, var, y = np.empty(c), np.empty(c), np.empty_like(x)
     w, b = np.ones(c, x.dtype), np.zeros(c, x.dtype)
+    lo, none = x.dtype.type(-np.inf), np.empty(0, x.dtype)  # no activation
     n = numba.get_num_threads()
     if fused:
         forward = KERNELS["fused_forward"]["cf"]
-        return lambda: forward.launch(n, x, 1, w, b, 1e-5, mean, var, y)
+        return lambda: forward.launch(n, x, 1, w, b, 1e-5, lo, mean, var, none, y)
     stats, affine = KERNELS["stats"]["cf"], KERNELS["affine"]["cf"]
-    return lambda: (stats.launch(n, x, mean, var), affine.launch(n, x, mean, var, w, b, 1e-5, y))
+    return lambda: (stats.launch(n, x, mean, var),
+                    affine.launch(n, x, mean, var, w, b, 1e-5, lo, none, y))
 
 
 def _fused_wins(n: int, c: int, s: int, repeat: int) -> float:
@@ -54,8 +56,9 @@ def _parallel_wins(size: int, repeat: int) -> float:
     mean, var, y = np.zeros(64), np.ones(64), np.empty_like(x)
     w = b = np.empty(0, np.float32)
     affine = KERNELS["affine"]["cl"]
-    t = rounds({"parallel": lambda: affine.launch(2, x, mean, var, w, b, 1e-5, y),
-                "serial": lambda: affine.launch(1, x, mean, var, w, b, 1e-5, y)}, repeat)
+    lo = np.float32(-np.inf)  # no activation
+    t = rounds({"parallel": lambda: affine.launch(2, x, mean, var, w, b, 1e-5, lo, w, y),
+                "serial": lambda: affine.launch(1, x, mean, var, w, b, 1e-5, lo, w, y)}, repeat)
     return ratio(t, "parallel", "serial")
 
 

@@ -30,8 +30,8 @@ from typing import NamedTuple
 import numpy as np
 
 from . import _checks, _choices
-from .functional import (_HALF, _NONE, _param, _read_only, _update_running, _user_stacklevel,
-                         batch_norm_backward, batch_norm_forward)
+from .functional import (_HALF, _NONE, _act_args, _param, _read_only, _update_running,
+                         _user_stacklevel, batch_norm_backward, batch_norm_forward)
 from .kernels import KERNELS, RUN_BYTES
 
 __all__ = [
@@ -288,13 +288,15 @@ def _grouped_forward(norm, x, gr: _Groups, weight, bias, eps, out):
     units, k = gr.n * gr.g, gr.c // gr.g
     if _fused(gr, x32, 1):
         mean, var = np.empty(units), np.empty(units)
+        lo, gate = _act_args(None, dt)
         KERNELS["fused_forward"]["cf"](x32.size, xv.reshape(1, units, -1), k, _tiled(w, gr),
-                                       _tiled(b, gr), eps, mean, var, yv.reshape(1, units, -1))
+                                       _tiled(b, gr), eps, lo, mean, var, gate,
+                                       yv.reshape(1, units, -1))
         mean, var = mean.reshape(gr.n, gr.g), var.reshape(gr.n, gr.g)
     else:
         mean, var = _group_stats(xv, gr)
         _group_map("affine", gr, xv, _per_channel(mean, gr), _per_channel(var, gr),
-                   _tiled(w, gr), _tiled(b, gr), eps, yv)
+                   _tiled(w, gr), _tiled(b, gr), eps, *_act_args(None, dt), yv)
     return _deliver(y, x, out), NormCache(norm, x, gr, mean, var, eps, w, (gr.c,))
 
 
@@ -314,17 +316,18 @@ def _grouped_backward(dy, cache: NormCache):
     dxv, dx = _output(gr, None, dt)
     parts, weight = gr.c // gr.g, _tiled(cache.weight, gr)
     count = float(parts * gr.s)
+    lo, gate = _act_args(None, dt)
     if _fused(gr, x32, 2):
         shape = (1, gr.n * gr.g, -1)
         KERNELS["fused_backward"]["cf"](2 * x32.size, dyv.reshape(shape), xv.reshape(shape),
                                         parts, cache._mean.reshape(-1), invstd.reshape(-1),
-                                        weight, count, s1, s2,
+                                        weight, count, gate, lo, s1, s2,
                                         dxv.reshape(shape))
     else:
         mean = _per_channel(cache._mean, gr)
-        _group_map("grad_sums", gr, dyv, xv, mean, s1, s2)
+        _group_map("grad_sums", gr, dyv, xv, mean, gate, lo, s1, s2)
         _group_map("grad_input", gr, dyv, xv, parts, mean, _per_channel(invstd, gr), weight,
-                   s1, s2, count, dxv)
+                   s1, s2, count, gate, lo, dxv)
     with np.errstate(invalid="ignore"):
         dweight = (s2 * _per_channel(invstd, gr)).reshape(gr.n, gr.c).sum(0)
     dbias = s1.reshape(gr.n, gr.c).sum(0)

@@ -37,10 +37,10 @@ class BatchNormCache:
     """
 
     __slots__ = ("x", "plan", "training", "_mean", "_var", "eps", "weight", "count",
-                 "stats_finite", "sync")
+                 "stats_finite", "sync", "gate")
 
     def __init__(self, x, plan, training, mean, var, eps, weight, count, stats_finite,
-                 sync=None):
+                 sync=None, gate=None):
         self.x = x
         self.plan = plan
         self.training = training
@@ -51,6 +51,9 @@ class BatchNormCache:
         self.count = count
         self.stats_finite = stats_finite
         self.sync = sync
+        #: A fused ReLU's gate: the forward's per-channel scale and shift
+        #: (see :mod:`fastbn.kernels.grad_sums`); None without activation.
+        self.gate = gate
 
     @property
     def mean(self) -> np.ndarray:
@@ -111,6 +114,18 @@ _HALF = np.dtype(np.float16)
 
 #: Empty vectors stand for an absent weight or bias in kernel calls.
 _NONE = {np.dtype(np.float32): np.empty(0, np.float32), np.dtype(np.float64): np.empty(0)}
+
+#: The kernels' lower bound on the output: -inf (none), or 0 for a ReLU.
+_NO_ACT = {np.dtype(np.float32): np.float32(-np.inf), np.dtype(np.float64): -np.inf}
+_RELU = {np.dtype(np.float32): np.float32(0), np.dtype(np.float64): 0.0}
+
+
+def _act_args(gate: np.ndarray | None, dtype) -> tuple:
+    """The kernels' ``(lo, gate)`` arguments: a fused ReLU's gate array, or
+    None for no activation."""
+    if gate is None:
+        return _NO_ACT[dtype], _NONE[dtype]
+    return _RELU[dtype], gate
 
 
 def _param(v: np.ndarray | None, dtype: np.dtype) -> np.ndarray:
@@ -233,6 +248,7 @@ def batch_norm_forward(
     out: np.ndarray | None = None,
     comm=None,
     unbiased_running_var: bool = True,
+    activation: str | None = None,
 ) -> tuple[np.ndarray, BatchNormCache]:
     """Batch normalization forward pass.
 
@@ -267,6 +283,11 @@ def batch_norm_forward(
         In training, normalize with the statistics of the batch formed by
         every rank's ``x``: a collective call, which every rank of ``comm``
         must make. A rank may hold an empty batch. Ignored in eval mode.
+    activation : {None, "relu"}
+        ``"relu"`` returns ``max(y, 0)`` from the same pass; the backward
+        then gives the gradients of the composition. The cache keeps no
+        mask: the backward repeats the forward's arithmetic on x to find
+        where ``y > 0`` (so y may be overwritten after the forward).
 
     Returns
     -------
@@ -282,13 +303,15 @@ def batch_norm_forward(
         are then left unchanged.
     """
     unbiased = _checks.flag(unbiased_running_var, "unbiased_running_var")
+    relu = _checks.activation(activation)
     return _forward_call(x, weight, bias, training, running_mean, running_var, momentum, eps,
-                         layout, out, comm, unbiased=unbiased)
+                         layout, out, comm, unbiased=unbiased, relu=relu)
 
 
 def _forward_call(x, weight, bias, training, running_mean, running_var, momentum, eps, layout,
                   out, comm, check: Callable[[object], np.ndarray] | None = None,
-                  unbiased: bool = True) -> tuple[np.ndarray, BatchNormCache]:
+                  unbiased: bool = True, relu: bool = False
+                  ) -> tuple[np.ndarray, BatchNormCache]:
     """:func:`batch_norm_forward`, after ``check(x)`` when given: a layer's
     own check of its input (which returns it as an ndarray), run before any
     other, and in a synchronized call before the ranks exchange their
@@ -301,7 +324,7 @@ def _forward_call(x, weight, bias, training, running_mean, running_var, momentum
         if a is None:
             a = _forward_args(x, weight, bias, training, running_mean, running_var, momentum,
                               eps, layout, out, False)
-        return _forward(a, bool(training), None, unbiased)
+        return _forward(a, bool(training), None, unbiased, relu)
     comm = _collective.communicator(comm)
     a, error = None, None
     try:
@@ -319,18 +342,19 @@ def _forward_call(x, weight, bias, training, running_mean, running_var, momentum
             "expected more than 1 value per channel in the batch of all ranks when "
             f"training, got {total} (per rank: {sync.counts})"
         )
-    return _forward(a._replace(count=total), True, sync, unbiased)
+    return _forward(a._replace(count=total), True, sync, unbiased, relu)
 
 
-def _forward(a: _Forward, training: bool, sync=None, unbiased: bool = True
+def _forward(a: _Forward, training: bool, sync=None, unbiased: bool = True, relu: bool = False
              ) -> tuple[np.ndarray, BatchNormCache]:
     """The forward pass over checked arguments, synchronized over the ranks
     of ``sync`` when given (then ``a.count`` is the count of all ranks);
     ``unbiased``: the running variance gets ``var * m / (m - 1)``, else
-    ``var``."""
+    ``var``; ``relu``: a ReLU fused into the same pass."""
     if a.x.dtype is _HALF:
-        return _half_forward(a, training, sync, unbiased)
+        return _half_forward(a, training, sync, unbiased, relu)
     x, c = a.x, a.channels
+    lo, gate = _act_args(np.empty(2 * c, x.dtype) if relu else None, x.dtype)
     plan = Plan(x, a.axis) if x.size else None
     if plan is None:
         xv, yv, scratch = None, None, None
@@ -340,17 +364,18 @@ def _forward(a: _Forward, training: bool, sync=None, unbiased: bool = True
         yv, y, scratch = plan.output(a.out, x.dtype)
     weight, bias = _param(a.weight, x.dtype), _param(a.bias, x.dtype)
     if sync is not None:
-        mean, var = _synced.forward(sync, plan, xv, c, weight, bias, a.eps, yv)
+        mean, var = _synced.forward(sync, plan, xv, c, weight, bias, a.eps, lo, gate, yv)
     elif training:
         mean, var = np.empty(c), np.empty(c)
         if _fused(plan, x, 1):
-            _run("fused_forward", plan, x.size, xv, 1, weight, bias, a.eps, mean, var, yv)
+            _run("fused_forward", plan, x.size, xv, 1, weight, bias, a.eps, lo, mean, var, gate,
+                 yv)
         else:
             _run("stats", plan, x.size, xv, mean, var)
-            _run("affine", plan, x.size, xv, mean, var, weight, bias, a.eps, yv)
+            _run("affine", plan, x.size, xv, mean, var, weight, bias, a.eps, lo, gate, yv)
     else:
         mean, var = a.running_mean.astype(np.float64), a.running_var.astype(np.float64)
-        _run("affine", plan, x.size, xv, mean, var, weight, bias, a.eps, yv)
+        _run("affine", plan, x.size, xv, mean, var, weight, bias, a.eps, lo, gate, yv)
     if scratch is not None:
         y[...] = scratch
 
@@ -365,7 +390,8 @@ def _forward(a: _Forward, training: bool, sync=None, unbiased: bool = True
                 RuntimeWarning,
                 stacklevel=_user_stacklevel(),
             )
-    return y, BatchNormCache(x, plan, training, mean, var, a.eps, weight, a.count, finite, sync)
+    return y, BatchNormCache(x, plan, training, mean, var, a.eps, weight, a.count, finite, sync,
+                             gate if relu else None)
 
 
 def _update_running(running_mean: np.ndarray, running_var: np.ndarray, mean: np.ndarray,
@@ -384,13 +410,13 @@ def _update_running(running_mean: np.ndarray, running_var: np.ndarray, mean: np.
     return finite
 
 
-def _half_forward(a: _Forward, training: bool, sync, unbiased: bool
+def _half_forward(a: _Forward, training: bool, sync, unbiased: bool, relu: bool
                   ) -> tuple[np.ndarray, BatchNormCache]:
     """float16 is a storage format: widened to float32, computed there,
     rounded once. The cache keeps the float16 input (O(C) beyond it, as
     always); backward widens it again."""
     y32, cache = _forward(a._replace(x=a.x.astype(np.float32), out=None), training, sync,
-                          unbiased)
+                          unbiased, relu)
     if a.out is None:
         y = y32.astype(np.float16)
     else:
@@ -407,7 +433,7 @@ def _half_backward(dy, cache: BatchNormCache, input_grad: bool, out, comm):
     x = cache.x
     wide = BatchNormCache(x.astype(np.float32), cache.plan, cache.training, cache._mean,
                           cache._var, cache.eps, cache.weight, cache.count, cache.stats_finite,
-                          cache.sync)
+                          cache.sync, cache.gate)
     if cache.sync is None:
         dy = _checks.grad_output(dy, x)
         out = _checks.out_array(out, x, "dx", (("dy", dy),)) if input_grad else None
@@ -492,26 +518,33 @@ def batch_norm_backward(dy, cache: BatchNormCache, *, input_grad: bool = True, o
         _collective.exchange(sync.comm, error, None, None)
         dxv, dx, scratch = _dx_output(plan, x, out, input_grad)
         sum_dy, sum_dy_xc = _synced.backward(sync, dy, x, plan, mean, invstd,
-                                             cache.weight, cache.count, dxv)
+                                             cache.weight, cache.count,
+                                             _act_args(cache.gate, dtype), dxv)
         return _finish_dx(dx, scratch), (sum_dy_xc * invstd).astype(dtype), sum_dy.astype(dtype)
     dy = _checks.grad_output(dy, x)
     out = _checks.out_array(out, x, "dx", (("dy", dy),)) if input_grad else None
     sum_dy, sum_dy_xc = np.empty(c), np.empty(c)
     dxv, dx, scratch = _dx_output(plan, x, out, input_grad)
     dyv, xv = plan.view(dy), plan.view(x)
+    lo, gate = _act_args(cache.gate, dtype)
     if dxv is None:
-        _run("grad_sums", plan, 2 * x.size, dyv, xv, mean, sum_dy, sum_dy_xc)
+        _run("grad_sums", plan, 2 * x.size, dyv, xv, mean, gate, lo, sum_dy, sum_dy_xc)
     elif cache.training and _fused(plan, x, 2):
         _run("fused_backward", plan, 2 * x.size, dyv, xv, 1, mean, invstd, cache.weight,
-             float(cache.count), sum_dy, sum_dy_xc, dxv)
+             float(cache.count), gate, lo, sum_dy, sum_dy_xc, dxv)
     elif cache.training:
-        _run("grad_sums", plan, 2 * x.size, dyv, xv, mean, sum_dy, sum_dy_xc)
+        _run("grad_sums", plan, 2 * x.size, dyv, xv, mean, gate, lo, sum_dy, sum_dy_xc)
         _run("grad_input", plan, 2 * x.size, dyv, xv, 1, mean, invstd, cache.weight,
-             sum_dy, sum_dy_xc, float(cache.count), dxv)
+             sum_dy, sum_dy_xc, float(cache.count), gate, lo, dxv)
+    elif cache.gate is not None:  # constant statistics: dx = dy * relu' * weight * invstd
+        _run("grad_sums", plan, 2 * x.size, dyv, xv, mean, gate, lo, sum_dy, sum_dy_xc)
+        zeros = np.zeros(c)
+        _run("grad_input", plan, 2 * x.size, dyv, xv, 1, mean, invstd, cache.weight,
+             zeros, zeros, 1.0, gate, lo, dxv)
     else:
-        _run("grad_sums", plan, 2 * x.size, dyv, xv, mean, sum_dy, sum_dy_xc)
+        _run("grad_sums", plan, 2 * x.size, dyv, xv, mean, gate, lo, sum_dy, sum_dy_xc)
         _run("affine", plan, x.size, dyv, np.zeros(c), cache._var, cache.weight,
-             _NONE[dtype], cache.eps, dxv)
+             _NONE[dtype], cache.eps, lo, gate, dxv)
     return _finish_dx(dx, scratch), (sum_dy_xc * invstd).astype(dtype), sum_dy.astype(dtype)
 
 

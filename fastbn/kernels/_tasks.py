@@ -85,3 +85,12 @@ def _cf_piece(t, nc, nq):
     row = t // nq
     a = row // nc
     return a, row - a * nc, (t - row * nq) * CHUNK
+
+
+@helper(inline=True)
+def _gate_of(gate, c):
+    """Channel ``c``'s (scale, shift) of ``gate`` (zeros when it is empty:
+    then ``0 > lo = -inf`` passes every value, NaN included)."""
+    if gate.size:
+        return gate[c], gate[gate.size // 2 + c]
+    return gate.dtype.type(0), gate.dtype.type(0)

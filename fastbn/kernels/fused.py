@@ -9,13 +9,13 @@ from numba import prange
 
 from .._jit import kernel
 from ._moments import _cf_moments, _merge_chunks
-from ._tasks import CHUNK, MAX_CHUNKS, _n_chunks
+from ._tasks import CHUNK, MAX_CHUNKS, _gate_of, _n_chunks
 from .grad_sums import _cf_grad_totals
 from .maps import _affine_coeffs, _grad_coeffs
 
 
 @kernel
-def forward_cf(x, parts, weight, bias, eps, mean, var, y, tasks):
+def forward_cf(x, parts, weight, bias, eps, lo, mean, var, gate, y, tasks):
     """Training forward over an ``(A, C, B)`` view, a channel per task: its
     statistics, then its normalization while the channel is still in cache
     (one read of x from memory instead of two). For channels that fit in
@@ -24,7 +24,8 @@ def forward_cf(x, parts, weight, bias, eps, mean, var, y, tasks):
     ``mean`` and ``var`` receive the statistics. A run of B values holds
     ``parts`` parameter channels of ``B / parts`` values each, channel
     ``c``'s ``j``-th using ``weight[c * parts + j]`` (BatchNorm: 1;
-    GroupNorm: the channels of a group)."""
+    GroupNorm: the channels of a group). ``lo`` and ``gate``: the fused
+    activation, as :func:`.affine_cf`."""
     na, nc, nb = x.shape
     m = na * nb
     nch = _n_chunks(m, CHUNK, MAX_CHUNKS)
@@ -42,15 +43,20 @@ def forward_cf(x, parts, weight, bias, eps, mean, var, y, tasks):
             for j in range(parts):
                 center, scale, shift = _affine_coeffs(x, c, c * parts + j, mean, var, weight, bias,
                                                       eps)
+                if gate.size:
+                    gate[c * parts + j] = scale
+                    gate[gate.size // 2 + c * parts + j] = shift
                 for a in range(na):
                     xr = x[a, c, j * run:j * run + run]
                     yr = y[a, c, j * run:j * run + run]
                     for b in range(run):
-                        yr[b] = (xr[b] - center) * scale + shift
+                        v = (xr[b] - center) * scale + shift
+                        yr[b] = lo if v < lo else v
 
 
 @kernel
-def backward_cf(dy, x, parts, mean, invstd, weight, count, sum_dy, sum_dy_xc, dx, tasks):
+def backward_cf(dy, x, parts, mean, invstd, weight, count, gate, lo, sum_dy, sum_dy_xc, dx,
+                tasks):
     """Training backward over ``(A, C, B)`` views, a channel per task: its
     sums (in the chunks of :func:`grad_sums_cf`: the same bits), then its
     ``dx`` while the channel's x and dy are still in cache. With ``parts``
@@ -69,11 +75,12 @@ def backward_cf(dy, x, parts, mean, invstd, weight, count, sum_dy, sum_dy_xc, dx
         for c in range(grp * n_c // ng, (grp + 1) * n_c // ng):
             center = x.dtype.type(mean[c])
             for j in range(parts):
+                gs, gh = _gate_of(gate, c * parts + j)
                 s = 0.0
                 sx = 0.0
                 for k in range(nch):
                     bs, bsx = _cf_grad_totals(dy, x, c, j * run + k * size,
-                                              j * run + min(m, k * size + size), center)
+                                              j * run + min(m, k * size + size), center, gs, gh, lo)
                     s += bs
                     sx += bsx
                 sum_dy[c * parts + j] = s
@@ -81,9 +88,12 @@ def backward_cf(dy, x, parts, mean, invstd, weight, count, sum_dy, sum_dy_xc, dx
             for j in range(parts):
                 center, g, h, e = _grad_coeffs(x, c, c * parts + j, parts, mean, invstd, weight,
                                                sum_dy, sum_dy_xc, count)
+                gs, gh = _gate_of(gate, c * parts + j)
                 for a in range(na):
                     gr = dy[a, c, j * run:j * run + run]
                     xr = x[a, c, j * run:j * run + run]
                     dr = dx[a, c, j * run:j * run + run]
                     for b in range(run):
-                        dr[b] = g * gr[b] + h * (xr[b] - center) + e
+                        xc = xr[b] - center
+                        gb = dy.dtype.type(0) if xc * gs + gh <= lo else gr[b]
+                        dr[b] = g * gb + h * xc + e

@@ -1,6 +1,14 @@
 """Gradient-sum kernels: per-channel ``sum(dy)`` and
 ``sum(dy * (x - mean))`` over ``_cf``, ``walk`` and ``_cl`` views, and
-their block-sum helpers."""
+their block-sum helpers.
+
+Every gradient kernel takes a gate for a fused activation: ``gate`` holds
+the forward's per-channel scale and shift (x's dtype, ``2 * C`` values;
+empty for none) and ``dy`` counts only where ``(x - center) * scale +
+shift > lo``, the forward's output before the activation (``lo`` is 0 for
+ReLU, -inf for none). The forward wrote that gate, so the test repeats its
+arithmetic exactly: no mask of x's size is kept.
+"""
 
 from __future__ import annotations
 
@@ -9,13 +17,14 @@ from numba import prange
 
 from .._jit import helper, kernel
 from ._tasks import (BLOCK, CHUNK, CL_BLOCK, CL_CHUNK, COLUMNS, MAX_CHUNKS, ROWS, _as_dtype,
-                     _n_chunks, _walk_task, _walk_tasks)
+                     _gate_of, _n_chunks, _walk_task, _walk_tasks)
 
 
 @helper
-def _cf_grad_sums(dy, x, c, j0, j1, center):
+def _cf_grad_sums(dy, x, c, j0, j1, center, gs, gh, lo):
     """Sums of ``dy`` and ``dy * (x - center)`` in x's dtype over values
-    ``j0:j1`` of channel ``c`` (as :func:`_cf_sums`)."""
+    ``j0:j1`` of channel ``c`` (as :func:`_cf_sums`), dy gated by
+    ``(gs, gh, lo)`` (see the module docstring)."""
     nb = x.shape[2]
     a = j0 // nb
     b = j0 - a * nb
@@ -27,9 +36,10 @@ def _cf_grad_sums(dy, x, c, j0, j1, center):
         gr = dy[a, c, b:b + run]
         xr = x[a, c, b:b + run]
         for q in range(run):
-            g = gr[q]
+            xc = xr[q] - center
+            g = dy.dtype.type(0) if xc * gs + gh <= lo else gr[q]
             s += g
-            sx += g * (xr[q] - center)
+            sx += g * xc
         j += run
         a += 1
         b = 0
@@ -37,20 +47,20 @@ def _cf_grad_sums(dy, x, c, j0, j1, center):
 
 
 @helper
-def _cf_grad_totals(dy, x, c, j0, j1, center):
+def _cf_grad_totals(dy, x, c, j0, j1, center, gs, gh, lo):
     """float64 sums of ``dy`` and ``dy * (x - center)`` over values ``j0:j1``
-    of channel ``c``, block by block."""
+    of channel ``c``, block by block (dy gated)."""
     s = 0.0
     sx = 0.0
     for j in range(j0, j1, BLOCK):
-        bs, bsx = _cf_grad_sums(dy, x, c, j, min(j1, j + BLOCK), center)
+        bs, bsx = _cf_grad_sums(dy, x, c, j, min(j1, j + BLOCK), center, gs, gh, lo)
         s += bs
         sx += bsx
     return s, sx
 
 
 @helper
-def _cf_walk_grad_sums(dy, x, a0, a1, c0, center, s, sx):
+def _cf_walk_grad_sums(dy, x, a0, a1, c0, center, gate, lo, s, sx):
     """float64 sums of ``dy`` and ``dy * (x - center)`` of channels
     ``c0:c0 + len(s)`` over samples ``a0:a1``, walking memory in order (see
     :func:`_cf_walk_moments`)."""
@@ -63,11 +73,14 @@ def _cf_walk_grad_sums(dy, x, a0, a1, c0, center, s, sx):
             gr = dy[a, c0 + c]
             xr = x[a, c0 + c]
             mc = center[c0 + c]
-            bs = mc - mc
+            gs, gh = _gate_of(gate, c0 + c)
+            bs = dy.dtype.type(0)
             bsx = bs
             for q in range(xr.size):
-                bs += gr[q]
-                bsx += gr[q] * (xr[q] - mc)
+                xc = xr[q] - mc
+                g = dy.dtype.type(0) if xc * gs + gh <= lo else gr[q]
+                bs += g
+                bsx += g * xc
             s[c] += bs
             sx[c] += bsx
 
@@ -87,7 +100,7 @@ def _sum_parts(part_dy, part_dyx, mean, center, sum_dy, sum_dy_xc):
 
 
 @kernel
-def grad_sums_cf(dy, x, mean, sum_dy, sum_dy_xc, tasks):
+def grad_sums_cf(dy, x, mean, gate, lo, sum_dy, sum_dy_xc, tasks):
     """Per-channel ``sum(dy)`` and ``sum(dy * (x - mean))`` over
     ``(A, C, B)`` views (float64 ``mean`` and results), tasks as
     :func:`stats_cf`."""
@@ -104,13 +117,14 @@ def grad_sums_cf(dy, x, mean, sum_dy, sum_dy_xc, tasks):
         for t in range(grp * n_t // ng, (grp + 1) * n_t // ng):
             c = t // nch
             k = t - c * nch
+            gs, gh = _gate_of(gate, c)
             part_dy[c, k], part_dyx[c, k] = _cf_grad_totals(
-                dy, x, c, k * size, min(m, k * size + size), center[c])
+                dy, x, c, k * size, min(m, k * size + size), center[c], gs, gh, lo)
     _sum_parts(part_dy, part_dyx, mean, center, sum_dy, sum_dy_xc)
 
 
 @kernel
-def grad_sums_walk(dy, x, mean, sum_dy, sum_dy_xc, tasks):
+def grad_sums_walk(dy, x, mean, gate, lo, sum_dy, sum_dy_xc, tasks):
     """As :func:`grad_sums_cf`, tasks as :func:`stats_walk`."""
     na, nc, nb = x.shape
     nch, spc, cw = _walk_tasks(na, nc, nb, x.itemsize)
@@ -124,7 +138,7 @@ def grad_sums_walk(dy, x, mean, sum_dy, sum_dy_xc, tasks):
             k, a0, a1, c0, c1 = _walk_task(t, na, nc, spc, cw)
             s = np.empty(c1 - c0)
             sx = np.empty(s.size)
-            _cf_walk_grad_sums(dy, x, a0, a1, c0, center, s, sx)
+            _cf_walk_grad_sums(dy, x, a0, a1, c0, center, gate, lo, s, sx)
             for j in range(s.size):
                 part_dy[c0 + j, k] = s[j]
                 part_dyx[c0 + j, k] = sx[j]
@@ -132,7 +146,7 @@ def grad_sums_walk(dy, x, mean, sum_dy, sum_dy_xc, tasks):
 
 
 @kernel
-def grad_sums_cl(dy, x, mean, sum_dy, sum_dy_xc, tasks):
+def grad_sums_cl(dy, x, mean, gate, lo, sum_dy, sum_dy_xc, tasks):
     """Per-column ``sum(dy)`` and ``sum(dy * (x - mean))`` of each sample
     of ``(P, R, C)`` views (float64 ``mean`` and results of length P * C)."""
     ns, nr, nc = x.shape
@@ -157,6 +171,10 @@ def grad_sums_cl(dy, x, mean, sum_dy, sum_dy_xc, tasks):
             bs = np.empty(kw, x.dtype)
             bsx = np.empty(kw, x.dtype)
             ck = _as_dtype(mean[p * nc + k0:p * nc + k0 + kw], x.dtype)
+            gs = np.zeros(kw, x.dtype)
+            gh = np.zeros(kw, x.dtype)
+            for k in range(kw):
+                gs[k], gh[k] = _gate_of(gate, p * nc + k0 + k)
             for r0 in range(i * rsize, r1, rows):
                 for k in range(kw):
                     bs[k] = 0
@@ -165,8 +183,10 @@ def grad_sums_cl(dy, x, mean, sum_dy, sum_dy_xc, tasks):
                     g0 = dy[p, r, k0:k0 + kw]
                     x0 = x[p, r, k0:k0 + kw]
                     for k in range(kw):
-                        bs[k] += g0[k]
-                        bsx[k] += g0[k] * (x0[k] - ck[k])
+                        xc = x0[k] - ck[k]
+                        g = dy.dtype.type(0) if xc * gs[k] + gh[k] <= lo else g0[k]
+                        bs[k] += g
+                        bsx[k] += g * xc
                 for k in range(kw):
                     s[k] += bs[k]
                     sx[k] += bsx[k]

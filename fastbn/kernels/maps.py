@@ -8,7 +8,7 @@ import numpy as np
 from numba import prange
 
 from .._jit import helper, kernel
-from ._tasks import CHUNK, _cf_piece
+from ._tasks import CHUNK, _cf_piece, _gate_of
 
 
 @helper(inline=True)
@@ -75,13 +75,27 @@ def _grad_table(x, parts, mean, invstd, weight, sum_dy, sum_dy_xc, m):
     return center, k_dy, k_x, k_0
 
 
+@helper(inline=True)
+def _save_gate(scale, shift, gate):
+    """The forward's coefficients into ``gate`` for the backward's test of
+    the activation (nothing when ``gate`` is empty)."""
+    if gate.size:
+        n = scale.size
+        for c in range(n):
+            gate[c] = scale[c]
+            gate[n + c] = shift[c]
+
+
 @kernel
-def affine_cf(x, mean, var, weight, bias, eps, y, tasks):
-    """``y = (x - mean) / sqrt(var + eps) * weight + bias`` per channel of
-    ``(A, C, B)`` views; float64 ``mean``, ``var``, ``weight``, ``bias``
-    (empty: ones, zeros)."""
+def affine_cf(x, mean, var, weight, bias, eps, lo, gate, y, tasks):
+    """``y = max((x - mean) / sqrt(var + eps) * weight + bias, lo)`` per
+    channel of ``(A, C, B)`` views; float64 ``mean``, ``var``, ``weight``,
+    ``bias`` (empty: ones, zeros); ``lo`` in x's dtype: -inf, or 0 for a
+    fused ReLU (NaN stays NaN); ``gate`` receives the coefficients (see
+    :mod:`.grad_sums`)."""
     na, nc, nb = x.shape
     center, scale, shift = _affine_table(x, mean, var, weight, bias, eps)
+    _save_gate(scale, shift, gate)
     nq = (nb + CHUNK - 1) // CHUNK
     n_t = na * nc * nq
     ng = min(n_t, tasks)
@@ -94,15 +108,17 @@ def affine_cf(x, mean, var, weight, bias, eps, y, tasks):
             xr = x[a, c, b0:b0 + CHUNK]
             yr = y[a, c, b0:b0 + CHUNK]
             for b in range(xr.size):
-                yr[b] = (xr[b] - mc) * sc + sh
+                v = (xr[b] - mc) * sc + sh
+                yr[b] = lo if v < lo else v
 
 
 @kernel
-def affine_cl(x, mean, var, weight, bias, eps, y, tasks):
+def affine_cl(x, mean, var, weight, bias, eps, lo, gate, y, tasks):
     """As :func:`affine_cf`, over ``(P, R, C)`` views: the statistics and
     parameters of sample ``p``'s column ``k`` at ``p * C + k``."""
     ns, nr, nc = x.shape
     center, scale, shift = _affine_table(x, mean, var, weight, bias, eps)
+    _save_gate(scale, shift, gate)
     rows = max(1, CHUNK // nc)
     n_rt = (nr + rows - 1) // rows
     n_t = ns * n_rt
@@ -118,11 +134,13 @@ def affine_cl(x, mean, var, weight, bias, eps, y, tasks):
                 xr = x[p, r]
                 yr = y[p, r]
                 for k in range(nc):
-                    yr[k] = (xr[k] - cen[k]) * sc[k] + sh[k]
+                    v = (xr[k] - cen[k]) * sc[k] + sh[k]
+                    yr[k] = lo if v < lo else v
 
 
 @kernel
-def grad_input_cf(dy, x, parts, mean, invstd, weight, sum_dy, sum_dy_xc, count, dx, tasks):
+def grad_input_cf(dy, x, parts, mean, invstd, weight, sum_dy, sum_dy_xc, count, gate, lo, dx,
+                  tasks):
     """Training-mode ``dx`` per channel of ``(A, C, B)`` views, from the
     float64 statistics and the sums of :func:`grad_sums_cf`; the statistics
     are per group of ``parts`` channels (see :func:`_grad_coeffs`)."""
@@ -138,15 +156,19 @@ def grad_input_cf(dy, x, parts, mean, invstd, weight, sum_dy, sum_dy_xc, count, 
             g = k_dy[c]
             h = k_x[c]
             e = k_0[c]
+            gs, gh = _gate_of(gate, c)
             gr = dy[a, c, b0:b0 + CHUNK]
             xr = x[a, c, b0:b0 + CHUNK]
             dr = dx[a, c, b0:b0 + CHUNK]
             for b in range(xr.size):
-                dr[b] = g * gr[b] + h * (xr[b] - mc) + e
+                xc = xr[b] - mc
+                gb = dy.dtype.type(0) if xc * gs + gh <= lo else gr[b]
+                dr[b] = g * gb + h * xc + e
 
 
 @kernel
-def grad_input_cl(dy, x, parts, mean, invstd, weight, sum_dy, sum_dy_xc, count, dx, tasks):
+def grad_input_cl(dy, x, parts, mean, invstd, weight, sum_dy, sum_dy_xc, count, gate, lo, dx,
+                  tasks):
     """As :func:`grad_input_cf`, over ``(P, R, C)`` views (see
     :func:`affine_cl`)."""
     ns, nr, nc = x.shape
@@ -163,10 +185,16 @@ def grad_input_cl(dy, x, parts, mean, invstd, weight, sum_dy, sum_dy_xc, count, 
             g = k_dy[p * nc:p * nc + nc]
             h = k_x[p * nc:p * nc + nc]
             e = k_0[p * nc:p * nc + nc]
+            gs = np.zeros(nc, x.dtype)
+            gh = np.zeros(nc, x.dtype)
+            for k in range(nc):
+                gs[k], gh[k] = _gate_of(gate, p * nc + k)
             for r in range(r0, min(nr, r0 + rows)):
                 gr = dy[p, r]
                 xr = x[p, r]
                 dr = dx[p, r]
                 for k in range(nc):
-                    dr[k] = g[k] * gr[k] + h[k] * (xr[k] - cen[k]) + e[k]
+                    xc = xr[k] - cen[k]
+                    gk = dy.dtype.type(0) if xc * gs[k] + gh[k] <= lo else gr[k]
+                    dr[k] = g[k] * gk + h[k] * xc + e[k]
 
