@@ -96,16 +96,16 @@ def _output(x: np.ndarray, axis: int) -> np.ndarray:
 
 def forward(x, v: int, weight, bias, running_mean, running_var, momentum: float, eps: float,
             layout: str, check: Callable[[object], np.ndarray], unbiased: bool,
-            comm=None) -> tuple[np.ndarray, GhostCache]:
+            comm=None, relu: bool = False) -> tuple[np.ndarray, GhostCache]:
     """Training forward of ghost batch normalization (``comm``: over the
-    ranks of an MPI communicator, each rank chunking its own batch).
-    Nothing is changed when it raises."""
+    ranks of an MPI communicator, each rank chunking its own batch;
+    ``relu``: a fused ReLU). Nothing is changed when it raises."""
     if comm is not None:
         return _synced_forward(x, v, weight, bias, running_mean, running_var, momentum, eps,
-                               layout, check, unbiased, comm)
+                               layout, check, unbiased, comm, relu)
     x = check(x)
     axis, k, m = _chunks(x, v, layout, False)
-    y, caches = _local(x, axis, v, k, weight, bias, eps, layout, unbiased)
+    y, caches = _local(x, axis, v, k, weight, bias, eps, layout, unbiased, relu)
     finite = True
     if running_mean is not None:
         mean, var = _sums(caches, x.shape[axis])
@@ -114,14 +114,14 @@ def forward(x, v: int, weight, bias, running_mean, running_var, momentum: float,
     return y, GhostCache(x, axis, caches, v, finite, None)
 
 
-def _local(x, axis, v, k, weight, bias, eps, layout, unbiased):
+def _local(x, axis, v, k, weight, bias, eps, layout, unbiased, relu):
     """Each chunk through the ordinary forward, into its slice of y."""
     y = _output(x, axis)
     caches = []
     for j in range(k):
         s = slice(j * v, (j + 1) * v)
         _, cache = _forward_call(x[s], weight, bias, True, None, None, 0.0, eps, layout, y[s],
-                                 None, None, unbiased)
+                                 None, None, unbiased, relu)
         caches.append(cache)
     return y, caches
 
@@ -149,12 +149,12 @@ def _update(running_mean, running_var, mean, var, factor, momentum) -> bool:
 
 
 def _synced_forward(x, v, weight, bias, running_mean, running_var, momentum, eps, layout,
-                    check, unbiased, comm):
+                    check, unbiased, comm, relu):
     y, caches, error, payload, header = None, None, None, None, None
     try:
         x = check(x)
         axis, k, m = _chunks(x, v, layout, True)
-        y, caches = _local(x, axis, v, k, weight, bias, eps, layout, unbiased)
+        y, caches = _local(x, axis, v, k, weight, bias, eps, layout, unbiased, relu)
         mean, var = _sums(caches, x.shape[axis])
         if unbiased:  # the ranks' chunks may differ in size (spatial extents)
             var *= m / (m - 1.0)

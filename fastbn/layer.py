@@ -40,6 +40,9 @@ class BatchNorm(_layer_base.NormLayer):
         chunk normalized with its own; the running statistics are updated
         once per call with the mean over the chunks of their mean and
         unbiased variance. Eval mode is unchanged. None: the whole batch.
+    activation : {None, "relu"}
+        ``"relu"``: the layer returns ``max(bn(x), 0)`` from the same pass
+        and its backward the gradients of the composition (no mask kept).
 
     Examples
     --------
@@ -49,7 +52,7 @@ class BatchNorm(_layer_base.NormLayer):
     """
 
     _KEYWORDS = ("eps", "momentum", "affine", "track_running_stats", "layout",
-                 "virtual_batch_size")
+                 "virtual_batch_size", "activation")
 
     def __init__(
         self,
@@ -63,7 +66,9 @@ class BatchNorm(_layer_base.NormLayer):
         dtype=np.float32,
         unbiased_running_var: bool = True,
         virtual_batch_size: int | None = None,
+        activation: str | None = None,
     ):
+        self.activation = "relu" if _checks.activation(activation) else None
         self.virtual_batch_size = (None if virtual_batch_size is None else
                                    _layer_base.size(virtual_batch_size, "virtual_batch_size"))
         self.num_features = _layer_base.size(num_features, "num_features")
@@ -87,7 +92,7 @@ class BatchNorm(_layer_base.NormLayer):
             y, cache = _ghost.forward(
                 x, self.virtual_batch_size, self.weight, self.bias, self.running_mean,
                 self.running_var, momentum, self.eps, self.layout, self._check_input,
-                self.unbiased_running_var, self._communicator())
+                self.unbiased_running_var, self._communicator(), self.activation is not None)
             if update and cache.stats_finite:
                 self.num_batches_tracked += 1
             return y, cache
@@ -96,7 +101,7 @@ class BatchNorm(_layer_base.NormLayer):
             x, self.weight, self.bias, use_batch, self.running_mean if stats else None,
             self.running_var if stats else None, 0.0 if momentum is None else momentum,
             self.eps, self.layout, None, self._communicator(), self._check_input,
-            self.unbiased_running_var)
+            self.unbiased_running_var, self.activation is not None)
         if update and cache.stats_finite:
             self.num_batches_tracked += 1
         return y, cache

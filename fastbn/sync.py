@@ -31,7 +31,7 @@ class SyncBatchNorm(BatchNorm):
         Number of channels C.
     comm : mpi4py.MPI.Comm, optional
         Communicator; ``MPI.COMM_WORLD`` by default.
-    eps, momentum, affine, track_running_stats, layout, dtype, unbiased_running_var
+    eps, momentum, affine, track_running_stats, layout, dtype, unbiased_running_var, activation
         As for :class:`BatchNorm`.
     virtual_batch_size : int or None
         Ghost batch normalization over each rank's own batch: in training,
@@ -72,12 +72,13 @@ class SyncBatchNorm(BatchNorm):
         dtype=np.float32,
         unbiased_running_var: bool = True,
         virtual_batch_size: int | None = None,
+        activation: str | None = None,
     ):
         comm = _collective.communicator(comm)
         super().__init__(num_features, eps=eps, momentum=momentum, affine=affine,
                          track_running_stats=track_running_stats, layout=layout, dtype=dtype,
                          unbiased_running_var=unbiased_running_var,
-                         virtual_batch_size=virtual_batch_size)
+                         virtual_batch_size=virtual_batch_size, activation=activation)
         self.comm = comm
 
     def __repr__(self) -> str:
