@@ -16,6 +16,7 @@ from .functional import BatchNormCache, batch_norm_backward, batch_norm_forward,
 from .family import (NormCache, group_norm_backward, group_norm_forward, instance_norm_backward,
                      instance_norm_forward, layer_norm_backward, layer_norm_forward)
 from .family_layers import GroupNorm, InstanceNorm, LayerNorm
+from .folding import fold_batch_norm
 from .layer import BatchNorm
 from .renorm import BatchRenorm, BatchRenormCache, batch_renorm_backward, batch_renorm_forward
 from .sync import SyncBatchNorm
@@ -39,6 +40,7 @@ __all__ = [
     "batch_norm_backward",
     "batch_norm_forward",
     "batch_stats",
+    "fold_batch_norm",
     "NormCache",
     "group_norm_backward",
     "group_norm_forward",
