@@ -122,10 +122,14 @@ def _positive_float(text: str) -> float:
 
 
 def demo(args: argparse.Namespace) -> int:
-    from fastbn.demo import run
+    if args.small_batch:
+        from fastbn.demo_small_batch import EPOCHS, LR, run
+    else:
+        from fastbn.demo import EPOCHS, LR, run
 
     try:
-        run(epochs=args.epochs, lr=args.lr, seed=args.seed, plot=args.plot, progress=not args.no_progress)
+        run(epochs=EPOCHS if args.epochs is None else args.epochs, lr=LR if args.lr is None else args.lr,
+            seed=args.seed, plot=args.plot, progress=not args.no_progress)
     except (ImportError, OSError) as exc:
         print(f"fastbn demo: error: {exc}", file=sys.stderr)
         return 1
@@ -134,12 +138,19 @@ def demo(args: argparse.Namespace) -> int:
 
 def _add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     from fastbn import demo as d
+    from fastbn import demo_small_batch as s
     from fastbn.benchmark_report import _positive_int, int_at_least
 
-    parser.add_argument("--epochs", type=_positive_int, default=d.EPOCHS,
-                        help=f"passes over the training set (default {d.EPOCHS})")
-    parser.add_argument("--lr", type=_positive_float, default=d.LR,
-                        help=f"SGD learning rate of both networks (default {d.LR:g})")
+    parser.add_argument("--small-batch", action="store_true",
+                        help=f"train with batches of {s.BATCH_SIZE}: BatchNorm, ghost BN "
+                             f"(virtual_batch_size={s.VIRTUAL_BATCH_SIZE}) and BatchRenorm "
+                             "side by side")
+    parser.add_argument("--epochs", type=_positive_int, default=None,
+                        help=f"passes over the training set (default {d.EPOCHS}; "
+                             f"{s.EPOCHS} with --small-batch)")
+    parser.add_argument("--lr", type=_positive_float, default=None,
+                        help=f"SGD learning rate of every network (default {d.LR:g}; "
+                             f"{s.LR:g} with --small-batch)")
     parser.add_argument("--seed", type=int_at_least(0), default=d.SEED,
                         help=f"seed of the split, the weights and the shuffling (default {d.SEED})")
     parser.add_argument("--plot", metavar="FILE.png", help="write the learning curves (needs matplotlib)")
@@ -206,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", help="train a sigmoid MLP on scikit-learn's digits with and without BatchNorm",
         description="Train the same NumPy MLP (sigmoid, SGD, high learning rate) on scikit-learn's "
                     "digits with and without fastbn.BatchNorm; print the per-epoch table. "
+                    "With --small-batch: batches of 4, BatchNorm, ghost BN and BatchRenorm. "
                     'Needs pip install -e ".[demo]".')
     _add_demo_arguments(p)
     p.set_defaults(func=demo)

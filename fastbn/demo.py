@@ -24,7 +24,7 @@ import os
 import sys
 import time
 from itertools import pairwise
-from typing import IO, Any, Protocol
+from typing import IO, Any, Callable, Protocol
 
 import numpy as np
 
@@ -263,6 +263,7 @@ def build_mlp(
     batch_norm: bool,
     seed: int,
     dtype=np.float64,
+    norm: Callable[[int], Layer] | None = None,
 ) -> Sequential:
     """Linear-[BatchNorm]-Sigmoid blocks, then a final Linear.
 
@@ -277,6 +278,9 @@ def build_mlp(
         sizes start from the same Linear weights, with or without BN.
     dtype : float32 or float64
         dtype of every parameter.
+    norm : callable, optional
+        ``norm(width)`` makes the layer put there instead of a BatchNorm
+        (e.g. a ``fastbn.BatchRenorm``).
 
     Returns
     -------
@@ -288,7 +292,8 @@ def build_mlp(
         layers.append(Linear(n_in, n_out, rng, init="xavier", dtype=dtype))
         if i < len(sizes) - 2:
             if batch_norm:
-                layers.append(fastbn.BatchNorm(n_out, layout="NCHW", dtype=dtype))
+                layers.append(fastbn.BatchNorm(n_out, layout="NCHW", dtype=dtype)
+                              if norm is None else norm(n_out))
             layers.append(Sigmoid())
     return Sequential(*layers)
 
@@ -329,8 +334,10 @@ def train_epoch(
     y: np.ndarray,
     order: np.ndarray,
     batch_size: int,
+    before_step: Callable[[], None] | None = None,
 ) -> tuple[float, float]:
-    """One pass over the full mini-batches of ``x[order]`` in training mode.
+    """One pass over the full mini-batches of ``x[order]`` in training mode
+    (``before_step()``, if given, is called before each step).
 
     Returns
     -------
@@ -340,6 +347,8 @@ def train_epoch(
     model.train()
     total_loss = correct = seen = 0
     for start in range(0, len(order) - batch_size + 1, batch_size):
+        if before_step is not None:
+            before_step()
         idx = order[start:start + batch_size]
         logits = model(x[idx])
         loss, dlogits = softmax_cross_entropy(logits, y[idx])
@@ -482,6 +491,25 @@ def plot_history(result: dict[str, Any], path: str | os.PathLike) -> None:
     fig.savefig(path, dpi=110)
 
 
+def _check_run(epochs, lr, plot) -> None:
+    """The checks of :func:`run`'s arguments made before loading the data."""
+    if isinstance(epochs, bool) or not isinstance(epochs, numbers.Integral) or epochs < 1:
+        raise ValueError(f"epochs must be an int >= 1, got {epochs!r}")
+    if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not (math.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
+    if plot is not None:
+        try:
+            importlib.import_module("matplotlib.figure")
+        except ImportError as exc:
+            raise ImportError(_INSTALL_HINT) from exc
+
+
+def _check_batch_size(batch_size, n: int) -> None:
+    if (isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral)
+            or not 2 <= batch_size <= n):
+        raise ValueError(f"batch_size must be an int in [2, {n}], got {batch_size!r}")
+
+
 def run(
     epochs: int = EPOCHS,
     lr: float = LR,
@@ -541,20 +569,10 @@ def run(
     """
     if file is None:
         file = sys.stdout
-    if isinstance(epochs, bool) or not isinstance(epochs, numbers.Integral) or epochs < 1:
-        raise ValueError(f"epochs must be an int >= 1, got {epochs!r}")
-    if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not (math.isfinite(lr) and lr > 0):
-        raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
-    if plot is not None:
-        try:
-            importlib.import_module("matplotlib.figure")
-        except ImportError as exc:
-            raise ImportError(_INSTALL_HINT) from exc
+    _check_run(epochs, lr, plot)
     start = time.perf_counter()
     x_train, x_test, y_train, y_test = load_data(seed, dtype=dtype)
-    if (isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral)
-            or not 2 <= batch_size <= len(x_train)):
-        raise ValueError(f"batch_size must be an int in [2, {len(x_train)}], got {batch_size!r}")
+    _check_batch_size(batch_size, len(x_train))
     sizes = (x_train.shape[1], *hidden, int(y_train.max()) + 1)
     models = {"bn": build_mlp(sizes, batch_norm=True, seed=seed, dtype=dtype),
               "plain": build_mlp(sizes, batch_norm=False, seed=seed, dtype=dtype)}
