@@ -387,3 +387,25 @@ def test_bad_dy(rng):
         bn.backward(np.ones((4, 3, 2), np.float64))
     with pytest.raises(TypeError, match="input_grad"):
         bn.backward(np.ones((4, 3, 2), np.float32), input_grad=1)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_fused_relu(rng, layout):
+    """activation="relu": each chunk's ReLU(BN), the gradients of the
+    composition, and the running statistics of the plain ghost layer."""
+    C, v = 3, 2
+    x = make_x(rng, make_shape(4, layout, 6, C), layout, np.float64)
+    dy = rng.standard_normal(x.shape)
+    relu = _layer(C, v, layout, np.float64, rng, activation="relu")
+    plain = fastbn.BatchNorm(C, layout=layout, dtype=np.float64, virtual_batch_size=v)
+    plain.load_state_dict(relu.state_dict())
+    y, z = relu(x), plain(x)
+    ry = ref_forward(x, relu.weight, relu.bias, v, layout)[0]
+    check_y(y, np.maximum(ry, 0), np.float64)
+    np.testing.assert_array_equal(y, np.maximum(z, 0))
+    dx = relu.backward(dy)
+    gated = np.where(z > 0, dy, 0.0)
+    _check_grads((dx, relu.grad_weight, relu.grad_bias),
+                 ref_backward(gated, x, relu.weight, v, layout), np.float64)
+    for k, value in plain.state_dict().items():
+        np.testing.assert_array_equal(relu.state_dict()[k], value, err_msg=k)
