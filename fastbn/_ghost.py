@@ -1,11 +1,13 @@
 """Ghost batch normalization (Hoffer et al., 2017): ``BatchNorm``'s training
 pass with statistics per consecutive chunk of ``virtual_batch_size`` samples.
 
-Each chunk ``x[j*v:(j+1)*v]`` is a view along N (N is the first axis in
-both layouts) and goes through the ordinary forward and backward passes
-(the same kernels, no running statistics), writing into its slice of one
-output array; the running statistics are then updated once, with the mean
-over the chunks of their mean and unbiased variance. Over MPI ranks
+The kernels take views of P parts (:mod:`fastbn.kernels`): the chunks are
+the parts of a ``(k, v, C, S)`` (channels first) or ``(k, v*S, C)``
+(channels last) view, so one call of each kernel serves every chunk, as one
+BatchNorm call serves a batch. The running statistics are then updated
+once, with the mean over the chunks of their mean and unbiased variance.
+float16 inputs take each chunk through the ordinary forward and backward
+passes, writing into its slice of one output array. Over MPI ranks
 (``SyncBatchNorm``) the chunks are those of each rank's local batch, so that
 no statistics cross ranks; one ``allgather`` per pass averages the chunk
 statistics for the running statistics (forward) and sums the parameter
@@ -19,10 +21,11 @@ from typing import Callable
 
 import numpy as np
 
-from . import _checks, _collective
+from . import _checks, _choices, _collective
 from ._layout import Plan
-from .functional import (BatchNormCache, _forward_call, _update_running, _user_stacklevel,
-                         batch_norm_backward)
+from .functional import (_HALF, BatchNormCache, _act_args, _forward_call, _param, _read_only,
+                         _update_running, _user_stacklevel, batch_norm_backward)
+from .kernels import KERNELS
 
 
 class GhostCache:
@@ -38,30 +41,64 @@ class GhostCache:
         updated only then).
     """
 
-    __slots__ = ("x", "axis", "caches", "virtual_batch_size", "stats_finite", "comm")
+    __slots__ = ("x", "axis", "caches", "virtual_batch_size", "stats_finite", "comm", "parts")
     training = True
 
-    def __init__(self, x, axis, caches, virtual_batch_size, stats_finite, comm):
+    def __init__(self, x, axis, caches, virtual_batch_size, stats_finite, comm, parts=None):
         self.x = x
         self.axis = axis
         self.caches = caches
         self.virtual_batch_size = virtual_batch_size
         self.stats_finite = stats_finite
         self.comm = comm
+        #: The chunks as parts of one kernel view (:class:`_Parts`), or
+        #: None: one BatchNormCache per chunk in ``caches``.
+        self.parts = parts
 
     @property
     def mean(self) -> np.ndarray:
         """Per-chunk mean, float64, shape (N // virtual_batch_size, C)."""
+        if self.parts is not None:
+            return _read_only(self.parts.mean.reshape(-1, self.x.shape[self.axis]))
         return _stack([c.mean for c in self.caches], self.x.shape[self.axis])
 
     @property
     def var(self) -> np.ndarray:
         """Per-chunk biased variance, as :attr:`mean`."""
+        if self.parts is not None:
+            return _read_only(self.parts.var.reshape(-1, self.x.shape[self.axis]))
         return _stack([c.var for c in self.caches], self.x.shape[self.axis])
 
     def __repr__(self) -> str:
-        return (f"GhostCache({len(self.caches)} chunks of {self.virtual_batch_size}, "
+        k = self.x.shape[0] // self.virtual_batch_size
+        return (f"GhostCache({k} chunks of {self.virtual_batch_size}, "
                 f"x shape {self.x.shape}, dtype {self.x.dtype})")
+
+
+class _Parts:
+    """The chunks of a ghost forward as the P parts of one kernel view:
+    per-(chunk, channel) statistics, flat (k * C,)."""
+
+    __slots__ = ("plan", "k", "mean", "var", "weight", "eps", "count", "gate")
+
+    def __init__(self, plan, k, mean, var, weight, eps, count, gate):
+        self.plan, self.k, self.mean, self.var = plan, k, mean, var
+        self.weight, self.eps, self.count, self.gate = weight, eps, count, gate
+
+    def view(self, a: np.ndarray, writable: bool = False) -> np.ndarray:
+        """``a``'s kernel view with the chunks as parts."""
+        v = self.plan.view(a, writable)
+        return v.reshape(self.k, -1, *v.shape[2:])
+
+    def fused(self, x: np.ndarray, arrays: int) -> bool:
+        """Whether the channel-per-task kernels serve a pass over
+        ``arrays`` arrays (the choice rule of BatchNorm, a chunk's channel
+        being the unit)."""
+        if self.plan.kind != "cf":
+            return False
+        run = x.itemsize * (x.size // (x.shape[0] * x.shape[self.plan.axis]))
+        return _choices.CHOICES.fused(arrays * self.count * x.itemsize, run, x.nbytes,
+                                      self.mean.size)
 
 
 def _stack(rows: list, channels: int) -> np.ndarray:
@@ -105,13 +142,38 @@ def forward(x, v: int, weight, bias, running_mean, running_var, momentum: float,
                                layout, check, unbiased, comm, relu)
     x = check(x)
     axis, k, m = _chunks(x, v, layout, False)
-    y, caches = _local(x, axis, v, k, weight, bias, eps, layout, unbiased, relu)
+    parts = caches = None
+    if x.dtype is _HALF:
+        y, caches = _local(x, axis, v, k, weight, bias, eps, layout, unbiased, relu)
+        mean, var = _sums(caches, x.shape[axis])
+    else:
+        y, parts = _parts_forward(x, axis, k, m, weight, bias, eps, relu)
+        c = x.shape[axis]
+        mean, var = parts.mean.reshape(k, c).sum(0), parts.var.reshape(k, c).sum(0)
     finite = True
     if running_mean is not None:
-        mean, var = _sums(caches, x.shape[axis])
         factor = m / (m - 1.0) if unbiased else 1.0
         finite = _update(running_mean, running_var, mean / k, var / k, factor, momentum)
-    return y, GhostCache(x, axis, caches, v, finite, None)
+    return y, GhostCache(x, axis, caches, v, finite, None, parts)
+
+
+def _parts_forward(x, axis, k, m, weight, bias, eps, relu) -> tuple[np.ndarray, _Parts]:
+    """Every chunk's forward in one call of each kernel."""
+    dt, c = x.dtype, x.shape[axis]
+    plan = Plan(x, axis)
+    w, b = _param(weight, dt), _param(bias, dt)
+    w, b = (np.tile(a, k) if a.size else a for a in (w, b))
+    lo, gate = _act_args(np.empty(2 * k * c, dt) if relu else None, dt)
+    p = _Parts(plan, k, np.empty(k * c), np.empty(k * c), w, eps, m, gate if relu else None)
+    xv = p.view(x)
+    yv, y, _ = plan.output(None, dt)
+    yv = yv.reshape(xv.shape)
+    if p.fused(x, 1):
+        KERNELS["fused_forward"]["cf"](x.size, xv, 1, w, b, eps, lo, p.mean, p.var, gate, yv)
+    else:
+        KERNELS["stats"][plan.kind](x.size, xv, p.mean, p.var)
+        KERNELS["affine"][plan.kind](x.size, xv, p.mean, p.var, w, b, eps, lo, gate, yv)
+    return y, p
 
 
 def _local(x, axis, v, k, weight, bias, eps, layout, unbiased, relu):
@@ -183,6 +245,8 @@ def backward(dy, cache: GhostCache, input_grad: bool = True):
     into its slice of dx, the parameter gradients summed over the chunks
     (and, over MPI ranks, over the ranks: a collective call)."""
     input_grad = _checks.flag(input_grad, "input_grad")
+    if cache.parts is not None:
+        return _parts_backward(dy, cache, input_grad)
     if cache.comm is None:
         return _local_backward(dy, cache, input_grad)
     result, error = None, None
@@ -197,6 +261,34 @@ def backward(dy, cache: GhostCache, input_grad: bool = True):
     dweight = _collective.sum_in_order([p[0] for p in parts]).astype(dtype)
     dbias = _collective.sum_in_order([p[1] for p in parts]).astype(dtype)
     return result[0], dweight, dbias
+
+
+def _parts_backward(dy, cache: GhostCache, input_grad: bool):
+    """Every chunk's backward in one call of each kernel."""
+    x, p = cache.x, cache.parts
+    dy = _checks.grad_output(dy, x)
+    dt, kc = x.dtype, p.mean.size
+    with np.errstate(divide="ignore"):  # eps = 0 and a constant channel: inf, as in PyTorch
+        invstd = 1.0 / np.sqrt(p.var + p.eps)
+    lo, gate = _act_args(p.gate, dt)
+    xv, dyv = p.view(x), p.view(dy)
+    s1, s2 = np.empty(kc), np.empty(kc)
+    dx, kind = None, p.plan.kind
+    if not input_grad:
+        KERNELS["grad_sums"][kind](2 * x.size, dyv, xv, p.mean, gate, lo, s1, s2)
+    else:
+        dxv, dx, _ = p.plan.output(None, dt)
+        dxv = dxv.reshape(xv.shape)
+        if p.fused(x, 2):
+            KERNELS["fused_backward"]["cf"](2 * x.size, dyv, xv, 1, p.mean, invstd, p.weight,
+                                            float(p.count), gate, lo, s1, s2, dxv)
+        else:
+            KERNELS["grad_sums"][kind](2 * x.size, dyv, xv, p.mean, gate, lo, s1, s2)
+            KERNELS["grad_input"][kind](2 * x.size, dyv, xv, 1, p.mean, invstd, p.weight, s1, s2,
+                                        float(p.count), gate, lo, dxv)
+    c = kc // p.k
+    dweight = (s2 * invstd).reshape(p.k, c).sum(0)
+    return dx, dweight.astype(dt), s1.reshape(p.k, c).sum(0).astype(dt)
 
 
 def _local_backward(dy, cache: GhostCache, input_grad: bool):

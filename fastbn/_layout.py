@@ -4,7 +4,8 @@ Every tensor is first seen as ``(N, C, S)``, S the product of the spatial
 axes, with the channel axis where the layout puts it. The memory order then
 picks the kernel shape: a channel-innermost tensor (NHWC, or NCHW data stored
 channels last) becomes ``(1, N*S, C)`` for the ``_cl`` kernels, anything else
-stays ``(N, C, S)`` for the ``_cf`` kernels, or for the ``walk`` reductions
+``(1, N, C, S)`` for the ``_cf`` kernels (the leading 1: one part, see
+:mod:`fastbn.kernels`), or for the ``walk`` reductions
 when a channel's runs of S values are short (``kernels.RUN_BYTES``). Reshapes are views whenever the
 strides allow; only inputs whose strides cannot be merged are copied.
 """
@@ -73,10 +74,10 @@ class Plan:
         input compiles no kernel variant of its own."""
         if a.flags.c_contiguous and (self.kind != "cl") == (self.axis < a.ndim - 1):
             c = a.shape[self.axis]
-            v = a.reshape(a.shape[0], c, -1) if self.kind != "cl" else a.reshape(1, -1, c)
+            v = a.reshape(1, a.shape[0], c, -1) if self.kind != "cl" else a.reshape(1, -1, c)
         else:
             v = _logical(a, self.axis)
-            v = _rows(v)[None] if self.kind == "cl" else v
+            v = _rows(v)[None] if self.kind == "cl" else v[None]
         if not writable:
             if v is a:
                 v = a.view()

@@ -28,7 +28,7 @@ TOTAL = 24 << 20
 def _train_forward(fused: bool, x: np.ndarray) -> Callable[[], object]:
     """Training forward at all threads: channel per task, or the statistics
     then the normalization."""
-    c = x.shape[1]
+    c = x.shape[2]
     mean, var, y = np.empty(c), np.empty(c), np.empty_like(x)
     w, b = np.ones(c, x.dtype), np.zeros(c, x.dtype)
     lo, none = x.dtype.type(-np.inf), np.empty(0, x.dtype)  # no activation
@@ -43,7 +43,7 @@ def _train_forward(fused: bool, x: np.ndarray) -> Callable[[], object]:
 
 def _fused_wins(n: int, c: int, s: int, repeat: int) -> float:
     """Fused over two-pass time, training forward, float32 (n, c, s)."""
-    x = np.random.default_rng(0).standard_normal((n, c, s), dtype=np.float32)
+    x = np.random.default_rng(0).standard_normal((1, n, c, s), dtype=np.float32)
     t = rounds({"fused": _train_forward(True, x), "two": _train_forward(False, x)}, repeat)
     return ratio(t, "fused", "two")
 

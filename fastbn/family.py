@@ -64,14 +64,14 @@ class _Groups(NamedTuple):
         if self.last:
             v = np.moveaxis(a, self.axis, -1).reshape(self.n, self.s, self.c)
         else:
-            v = np.moveaxis(a, self.axis, 1).reshape(1, self.n * self.c, self.s)
+            v = np.moveaxis(a, self.axis, 1).reshape(1, 1, self.n * self.c, self.s)
         return v if writable else _read_only(v)
 
     def empty(self, dtype) -> np.ndarray:
         """A new array in the kernel view's shape."""
         if self.last:
             return np.empty((self.n, self.s, self.c), dtype)
-        return np.empty((1, self.n * self.c, self.s), dtype)
+        return np.empty((1, 1, self.n * self.c, self.s), dtype)
 
     def logical(self, v: np.ndarray) -> np.ndarray:
         """An array from :meth:`empty` seen in the logical shape (a view)."""
@@ -188,21 +188,13 @@ def _groups(x: np.ndarray, axis: int, g: int) -> _Groups:
 # ----------------------------------------------------------------------------- kernels
 
 
-def _stats_cf(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel (mean, var) of an ``(A, K, B)`` view, float64 (K,)."""
-    mean, var = np.empty(v.shape[1]), np.empty(v.shape[1])
-    kind = "walk" if v.shape[2] * v.itemsize < RUN_BYTES else "cf"
-    KERNELS["stats"][kind](v.size, v, mean, var)
-    return mean, var
-
-
 def _group_stats(xv: np.ndarray, gr: _Groups) -> tuple[np.ndarray, np.ndarray]:
     """float64 (mean, var) per (sample, group), shape (N, G)."""
     n, c, g = gr.n, gr.c, gr.g
     if not gr.last:
         mean, var = np.empty(n * g), np.empty(n * g)
-        v = xv.reshape(1, n * g, -1)
-        kind = "walk" if v.shape[2] * v.itemsize < RUN_BYTES else "cf"
+        v = xv.reshape(1, 1, n * g, -1)
+        kind = "walk" if v.shape[3] * v.itemsize < RUN_BYTES else "cf"
         KERNELS["stats"][kind](v.size, v, mean, var)
         return mean.reshape(n, g), var.reshape(n, g)
     mean, var = np.empty(n * c), np.empty(n * c)
@@ -233,7 +225,7 @@ def _group_map(op: str, gr: _Groups, *args) -> None:
         kind = "cl"
     else:
         kind = "walk" if gr.s * args[0].itemsize < RUN_BYTES else "cf"
-    views = sum(1 for a in args if isinstance(a, np.ndarray) and a.ndim == 3)
+    views = sum(1 for a in args if isinstance(a, np.ndarray) and a.ndim >= 3)
     KERNELS[op][kind](views * args[0].size, *args)
 
 
@@ -289,9 +281,9 @@ def _grouped_forward(norm, x, gr: _Groups, weight, bias, eps, out):
     if _fused(gr, x32, 1):
         mean, var = np.empty(units), np.empty(units)
         lo, gate = _act_args(None, dt)
-        KERNELS["fused_forward"]["cf"](x32.size, xv.reshape(1, units, -1), k, _tiled(w, gr),
+        KERNELS["fused_forward"]["cf"](x32.size, xv.reshape(1, 1, units, -1), k, _tiled(w, gr),
                                        _tiled(b, gr), eps, lo, mean, var, gate,
-                                       yv.reshape(1, units, -1))
+                                       yv.reshape(1, 1, units, -1))
         mean, var = mean.reshape(gr.n, gr.g), var.reshape(gr.n, gr.g)
     else:
         mean, var = _group_stats(xv, gr)
@@ -318,7 +310,7 @@ def _grouped_backward(dy, cache: NormCache):
     count = float(parts * gr.s)
     lo, gate = _act_args(None, dt)
     if _fused(gr, x32, 2):
-        shape = (1, gr.n * gr.g, -1)
+        shape = (1, 1, gr.n * gr.g, -1)
         KERNELS["fused_backward"]["cf"](2 * x32.size, dyv.reshape(shape), xv.reshape(shape),
                                         parts, cache._mean.reshape(-1), invstd.reshape(-1),
                                         weight, count, gate, lo, s1, s2,

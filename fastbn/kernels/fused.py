@@ -16,39 +16,42 @@ from .maps import _affine_coeffs, _grad_coeffs
 
 @kernel
 def forward_cf(x, parts, weight, bias, eps, lo, mean, var, gate, y, tasks):
-    """Training forward over an ``(A, C, B)`` view, a channel per task: its
-    statistics, then its normalization while the channel is still in cache
-    (one read of x from memory instead of two). For channels that fit in
-    cache and runs of :data:`RUN_BYTES` or more; the statistics are summed
-    in the chunks of :func:`stats_cf`, so the results are the same bits.
-    ``mean`` and ``var`` receive the statistics. A run of B values holds
-    ``parts`` parameter channels of ``B / parts`` values each, channel
-    ``c``'s ``j``-th using ``weight[c * parts + j]`` (BatchNorm: 1;
-    GroupNorm: the channels of a group). ``lo`` and ``gate``: the fused
-    activation, as :func:`.affine_cf`."""
-    na, nc, nb = x.shape
+    """Training forward over a ``(P, A, C, B)`` view, a channel (of a part,
+    see :func:`.stats_cf`) per task: its statistics, then its normalization
+    while the channel is still in cache (one read of x from memory instead
+    of two). For channels that fit in cache and runs of :data:`RUN_BYTES`
+    or more; the statistics are summed in the chunks of :func:`stats_cf`,
+    so the results are the same bits. ``mean`` and ``var`` receive the
+    statistics. A run of B values holds ``parts`` parameter channels of
+    ``B / parts`` values each, statistics channel ``u``'s ``j``-th using
+    ``weight[u * parts + j]`` (BatchNorm: 1; GroupNorm: the channels of a
+    group). ``lo`` and ``gate``: the fused activation, as
+    :func:`.affine_cf`."""
+    ns, na, nc, nb = x.shape
     m = na * nb
     nch = _n_chunks(m, CHUNK, MAX_CHUNKS)
     size = (m + nch - 1) // nch
-    n_c = nc
+    run = nb // parts
+    n_c = ns * nc
     ng = min(n_c, tasks)
     for grp in prange(ng):
         part_mean = np.empty(nch)
         part_m2 = np.empty(nch)
-        for c in range(grp * n_c // ng, (grp + 1) * n_c // ng):
+        for u in range(grp * n_c // ng, (grp + 1) * n_c // ng):
+            p = u // nc
+            c = u - p * nc
             for k in range(nch):
-                part_mean[k], part_m2[k] = _cf_moments(x, c, k * size, min(m, k * size + size))
-            mean[c], var[c] = _merge_chunks(part_mean, part_m2, m, size)
-            run = nb // parts
+                part_mean[k], part_m2[k] = _cf_moments(x[p], c, k * size, min(m, k * size + size))
+            mean[u], var[u] = _merge_chunks(part_mean, part_m2, m, size)
             for j in range(parts):
-                center, scale, shift = _affine_coeffs(x, c, c * parts + j, mean, var, weight, bias,
-                                                      eps)
+                q = u * parts + j
+                center, scale, shift = _affine_coeffs(x, u, q, mean, var, weight, bias, eps)
                 if gate.size:
-                    gate[c * parts + j] = scale
-                    gate[gate.size // 2 + c * parts + j] = shift
+                    gate[q] = scale
+                    gate[gate.size // 2 + q] = shift
                 for a in range(na):
-                    xr = x[a, c, j * run:j * run + run]
-                    yr = y[a, c, j * run:j * run + run]
+                    xr = x[p, a, c, j * run:j * run + run]
+                    yr = y[p, a, c, j * run:j * run + run]
                     for b in range(run):
                         v = (xr[b] - center) * scale + shift
                         yr[b] = lo if v < lo else v
@@ -57,42 +60,46 @@ def forward_cf(x, parts, weight, bias, eps, lo, mean, var, gate, y, tasks):
 @kernel
 def backward_cf(dy, x, parts, mean, invstd, weight, count, gate, lo, sum_dy, sum_dy_xc, dx,
                 tasks):
-    """Training backward over ``(A, C, B)`` views, a channel per task: its
-    sums (in the chunks of :func:`grad_sums_cf`: the same bits), then its
-    ``dx`` while the channel's x and dy are still in cache. With ``parts``
-    > 1 (and A = 1) a run holds that many parameter channels of B / parts
-    values, each with its own sums (``sum_dy[c * parts + j]``, as
+    """Training backward over ``(P, A, C, B)`` views, a channel per task:
+    its sums (in the chunks of :func:`grad_sums_cf`: the same bits), then
+    its ``dx`` while the channel's x and dy are still in cache. With
+    ``parts`` > 1 (and A = 1) a run holds that many parameter channels of
+    B / parts values, each with its own sums (``sum_dy[u * parts + j]``, as
     :func:`grad_sums_cf` over the per-parameter view) and coefficients
     (:func:`._grad_coeffs`)."""
-    na, nc, nb = x.shape
+    ns, na, nc, nb = x.shape
     run = nb // parts
     m = na * run
     nch = _n_chunks(m, CHUNK, MAX_CHUNKS)
     size = (m + nch - 1) // nch
-    n_c = nc
+    n_c = ns * nc
     ng = min(n_c, tasks)
     for grp in prange(ng):
-        for c in range(grp * n_c // ng, (grp + 1) * n_c // ng):
-            center = x.dtype.type(mean[c])
+        for u in range(grp * n_c // ng, (grp + 1) * n_c // ng):
+            p = u // nc
+            c = u - p * nc
+            center = x.dtype.type(mean[u])
             for j in range(parts):
-                gs, gh = _gate_of(gate, c * parts + j)
+                q = u * parts + j
+                gs, gh = _gate_of(gate, q)
                 s = 0.0
                 sx = 0.0
                 for k in range(nch):
-                    bs, bsx = _cf_grad_totals(dy, x, c, j * run + k * size,
+                    bs, bsx = _cf_grad_totals(dy[p], x[p], c, j * run + k * size,
                                               j * run + min(m, k * size + size), center, gs, gh, lo)
                     s += bs
                     sx += bsx
-                sum_dy[c * parts + j] = s
-                sum_dy_xc[c * parts + j] = sx - (mean[c] - np.float64(center)) * s
+                sum_dy[q] = s
+                sum_dy_xc[q] = sx - (mean[u] - np.float64(center)) * s
             for j in range(parts):
-                center, g, h, e = _grad_coeffs(x, c, c * parts + j, parts, mean, invstd, weight,
-                                               sum_dy, sum_dy_xc, count)
-                gs, gh = _gate_of(gate, c * parts + j)
+                q = u * parts + j
+                center, g, h, e = _grad_coeffs(x, u, q, parts, mean, invstd, weight, sum_dy,
+                                               sum_dy_xc, count)
+                gs, gh = _gate_of(gate, q)
                 for a in range(na):
-                    gr = dy[a, c, j * run:j * run + run]
-                    xr = x[a, c, j * run:j * run + run]
-                    dr = dx[a, c, j * run:j * run + run]
+                    gr = dy[p, a, c, j * run:j * run + run]
+                    xr = x[p, a, c, j * run:j * run + run]
+                    dr = dx[p, a, c, j * run:j * run + run]
                     for b in range(run):
                         xc = xr[b] - center
                         gb = dy.dtype.type(0) if xc * gs + gh <= lo else gr[b]

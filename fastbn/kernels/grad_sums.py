@@ -60,10 +60,10 @@ def _cf_grad_totals(dy, x, c, j0, j1, center, gs, gh, lo):
 
 
 @helper
-def _cf_walk_grad_sums(dy, x, a0, a1, c0, center, gate, lo, s, sx):
+def _cf_walk_grad_sums(dy, x, a0, a1, c0, off, center, gate, lo, s, sx):
     """float64 sums of ``dy`` and ``dy * (x - center)`` of channels
     ``c0:c0 + len(s)`` over samples ``a0:a1``, walking memory in order (see
-    :func:`_cf_walk_moments`)."""
+    :func:`_cf_walk_moments`); ``center`` and ``gate`` at ``off + c``."""
     for _i in range(s.size):
         s[_i] = 0.0
     for _i in range(sx.size):
@@ -72,8 +72,8 @@ def _cf_walk_grad_sums(dy, x, a0, a1, c0, center, gate, lo, s, sx):
         for c in range(s.size):
             gr = dy[a, c0 + c]
             xr = x[a, c0 + c]
-            mc = center[c0 + c]
-            gs, gh = _gate_of(gate, c0 + c)
+            mc = center[off + c0 + c]
+            gs, gh = _gate_of(gate, off + c0 + c)
             bs = dy.dtype.type(0)
             bsx = bs
             for q in range(xr.size):
@@ -102,46 +102,49 @@ def _sum_parts(part_dy, part_dyx, mean, center, sum_dy, sum_dy_xc):
 @kernel
 def grad_sums_cf(dy, x, mean, gate, lo, sum_dy, sum_dy_xc, tasks):
     """Per-channel ``sum(dy)`` and ``sum(dy * (x - mean))`` over
-    ``(A, C, B)`` views (float64 ``mean`` and results), tasks as
-    :func:`stats_cf`."""
-    na, nc, nb = x.shape
+    ``(P, A, C, B)`` views (float64 ``mean`` and results of length P * C),
+    tasks as :func:`stats_cf`."""
+    ns, na, nc, nb = x.shape
     m = na * nb
     nch = _n_chunks(m, CHUNK, MAX_CHUNKS)
     size = (m + nch - 1) // nch
-    part_dy = np.empty((nc, nch))
-    part_dyx = np.empty((nc, nch))
+    part_dy = np.empty((ns * nc, nch))
+    part_dyx = np.empty((ns * nc, nch))
     center = _as_dtype(mean, x.dtype)
-    n_t = nc * nch
+    n_t = ns * nc * nch
     ng = min(n_t, tasks)
     for grp in prange(ng):
         for t in range(grp * n_t // ng, (grp + 1) * n_t // ng):
-            c = t // nch
-            k = t - c * nch
-            gs, gh = _gate_of(gate, c)
-            part_dy[c, k], part_dyx[c, k] = _cf_grad_totals(
-                dy, x, c, k * size, min(m, k * size + size), center[c], gs, gh, lo)
+            u = t // nch
+            k = t - u * nch
+            p = u // nc
+            gs, gh = _gate_of(gate, u)
+            part_dy[u, k], part_dyx[u, k] = _cf_grad_totals(
+                dy[p], x[p], u - p * nc, k * size, min(m, k * size + size), center[u], gs, gh, lo)
     _sum_parts(part_dy, part_dyx, mean, center, sum_dy, sum_dy_xc)
 
 
 @kernel
 def grad_sums_walk(dy, x, mean, gate, lo, sum_dy, sum_dy_xc, tasks):
     """As :func:`grad_sums_cf`, tasks as :func:`stats_walk`."""
-    na, nc, nb = x.shape
+    ns, na, nc, nb = x.shape
     nch, spc, cw = _walk_tasks(na, nc, nb, x.itemsize)
-    part_dy = np.empty((nc, nch))
-    part_dyx = np.empty((nc, nch))
+    part_dy = np.empty((ns * nc, nch))
+    part_dyx = np.empty((ns * nc, nch))
     center = _as_dtype(mean, x.dtype)
-    n_t = nch * ((nc + cw - 1) // cw)
+    per = nch * ((nc + cw - 1) // cw)
+    n_t = ns * per
     ng = min(n_t, tasks)
     for grp in prange(ng):
         for t in range(grp * n_t // ng, (grp + 1) * n_t // ng):
-            k, a0, a1, c0, c1 = _walk_task(t, na, nc, spc, cw)
+            p = t // per
+            k, a0, a1, c0, c1 = _walk_task(t - p * per, na, nc, spc, cw)
             s = np.empty(c1 - c0)
             sx = np.empty(s.size)
-            _cf_walk_grad_sums(dy, x, a0, a1, c0, center, gate, lo, s, sx)
+            _cf_walk_grad_sums(dy[p], x[p], a0, a1, c0, p * nc, center, gate, lo, s, sx)
             for j in range(s.size):
-                part_dy[c0 + j, k] = s[j]
-                part_dyx[c0 + j, k] = sx[j]
+                part_dy[p * nc + c0 + j, k] = s[j]
+                part_dyx[p * nc + c0 + j, k] = sx[j]
     _sum_parts(part_dy, part_dyx, mean, center, sum_dy, sum_dy_xc)
 
 

@@ -89,24 +89,27 @@ def _save_gate(scale, shift, gate):
 @kernel
 def affine_cf(x, mean, var, weight, bias, eps, lo, gate, y, tasks):
     """``y = max((x - mean) / sqrt(var + eps) * weight + bias, lo)`` per
-    channel of ``(A, C, B)`` views; float64 ``mean``, ``var``, ``weight``,
-    ``bias`` (empty: ones, zeros); ``lo`` in x's dtype: -inf, or 0 for a
+    channel of ``(P, A, C, B)`` views, the statistics and parameters of
+    part ``p``'s channel ``c`` at ``p * C + c``; float64 ``mean``, ``var``,
+    ``weight``, ``bias`` (empty: ones, zeros); ``lo`` in x's dtype: -inf, or 0 for a
     fused ReLU (NaN stays NaN); ``gate`` receives the coefficients (see
     :mod:`.grad_sums`)."""
-    na, nc, nb = x.shape
+    ns, na, nc, nb = x.shape
     center, scale, shift = _affine_table(x, mean, var, weight, bias, eps)
     _save_gate(scale, shift, gate)
     nq = (nb + CHUNK - 1) // CHUNK
-    n_t = na * nc * nq
+    per = na * nc * nq
+    n_t = ns * per
     ng = min(n_t, tasks)
     for grp in prange(ng):
         for t in range(grp * n_t // ng, (grp + 1) * n_t // ng):
-            a, c, b0 = _cf_piece(t, nc, nq)
-            mc = center[c]
-            sc = scale[c]
-            sh = shift[c]
-            xr = x[a, c, b0:b0 + CHUNK]
-            yr = y[a, c, b0:b0 + CHUNK]
+            p = t // per
+            a, c, b0 = _cf_piece(t - p * per, nc, nq)
+            mc = center[p * nc + c]
+            sc = scale[p * nc + c]
+            sh = shift[p * nc + c]
+            xr = x[p, a, c, b0:b0 + CHUNK]
+            yr = y[p, a, c, b0:b0 + CHUNK]
             for b in range(xr.size):
                 v = (xr[b] - mc) * sc + sh
                 yr[b] = lo if v < lo else v
@@ -141,25 +144,28 @@ def affine_cl(x, mean, var, weight, bias, eps, lo, gate, y, tasks):
 @kernel
 def grad_input_cf(dy, x, parts, mean, invstd, weight, sum_dy, sum_dy_xc, count, gate, lo, dx,
                   tasks):
-    """Training-mode ``dx`` per channel of ``(A, C, B)`` views, from the
+    """Training-mode ``dx`` per channel of ``(P, A, C, B)`` views, from the
     float64 statistics and the sums of :func:`grad_sums_cf`; the statistics
     are per group of ``parts`` channels (see :func:`_grad_coeffs`)."""
-    na, nc, nb = x.shape
+    ns, na, nc, nb = x.shape
     center, k_dy, k_x, k_0 = _grad_table(x, parts, mean, invstd, weight, sum_dy, sum_dy_xc, count)
     nq = (nb + CHUNK - 1) // CHUNK
-    n_t = na * nc * nq
+    per = na * nc * nq
+    n_t = ns * per
     ng = min(n_t, tasks)
     for grp in prange(ng):
         for t in range(grp * n_t // ng, (grp + 1) * n_t // ng):
-            a, c, b0 = _cf_piece(t, nc, nq)
-            mc = center[c]
-            g = k_dy[c]
-            h = k_x[c]
-            e = k_0[c]
-            gs, gh = _gate_of(gate, c)
-            gr = dy[a, c, b0:b0 + CHUNK]
-            xr = x[a, c, b0:b0 + CHUNK]
-            dr = dx[a, c, b0:b0 + CHUNK]
+            p = t // per
+            a, c, b0 = _cf_piece(t - p * per, nc, nq)
+            u = p * nc + c
+            mc = center[u]
+            g = k_dy[u]
+            h = k_x[u]
+            e = k_0[u]
+            gs, gh = _gate_of(gate, u)
+            gr = dy[p, a, c, b0:b0 + CHUNK]
+            xr = x[p, a, c, b0:b0 + CHUNK]
+            dr = dx[p, a, c, b0:b0 + CHUNK]
             for b in range(xr.size):
                 xc = xr[b] - mc
                 gb = dy.dtype.type(0) if xc * gs + gh <= lo else gr[b]

@@ -14,21 +14,25 @@ from ._tasks import CHUNK, CL_CHUNK, COLUMNS, MAX_CHUNKS, _n_chunks, _walk_task,
 
 @kernel
 def stats_cf(x, mean, var, tasks):
-    """Per-channel mean and biased variance of an ``(A, C, B)`` view into
-    float64 ``mean`` and ``var``, a task per chunk of a channel."""
-    na, nc, nb = x.shape
+    """Per-channel mean and biased variance of each of the P parts of a
+    ``(P, A, C, B)`` view (BatchNorm: P = 1; ghost batches: a part per
+    chunk of samples) into float64 ``mean`` and ``var`` of length P * C, a
+    task per chunk of a channel."""
+    ns, na, nc, nb = x.shape
     m = na * nb
     nch = _n_chunks(m, CHUNK, MAX_CHUNKS)
     size = (m + nch - 1) // nch
-    part_mean = np.empty((nc, nch))
-    part_m2 = np.empty((nc, nch))
-    n_t = nc * nch
+    part_mean = np.empty((ns * nc, nch))
+    part_m2 = np.empty((ns * nc, nch))
+    n_t = ns * nc * nch
     ng = min(n_t, tasks)
     for grp in prange(ng):
         for t in range(grp * n_t // ng, (grp + 1) * n_t // ng):
-            c = t // nch
-            k = t - c * nch
-            part_mean[c, k], part_m2[c, k] = _cf_moments(x, c, k * size, min(m, k * size + size))
+            u = t // nch
+            k = t - u * nch
+            p = u // nc
+            part_mean[u, k], part_m2[u, k] = _cf_moments(x[p], u - p * nc, k * size,
+                                                         min(m, k * size + size))
     _merge_all(part_mean, part_m2, m, size, mean, var, tasks)
 
 
@@ -36,21 +40,23 @@ def stats_cf(x, mean, var, tasks):
 def stats_walk(x, mean, var, tasks):
     """As :func:`stats_cf`, for runs shorter than :data:`RUN_BYTES`: a task
     per chunk of samples and group of channels, walking memory in order."""
-    na, nc, nb = x.shape
+    ns, na, nc, nb = x.shape
     nch, spc, cw = _walk_tasks(na, nc, nb, x.itemsize)
-    part_mean = np.empty((nc, nch))
-    part_m2 = np.empty((nc, nch))
-    n_t = nch * ((nc + cw - 1) // cw)
+    part_mean = np.empty((ns * nc, nch))
+    part_m2 = np.empty((ns * nc, nch))
+    per = nch * ((nc + cw - 1) // cw)
+    n_t = ns * per
     ng = min(n_t, tasks)
     for grp in prange(ng):
         for t in range(grp * n_t // ng, (grp + 1) * n_t // ng):
-            k, a0, a1, c0, c1 = _walk_task(t, na, nc, spc, cw)
+            p = t // per
+            k, a0, a1, c0, c1 = _walk_task(t - p * per, na, nc, spc, cw)
             mu = np.empty(c1 - c0)
             m2 = np.empty(mu.size)
-            _cf_walk_moments(x, a0, a1, c0, mu, m2)
+            _cf_walk_moments(x[p], a0, a1, c0, mu, m2)
             for j in range(mu.size):
-                part_mean[c0 + j, k] = mu[j]
-                part_m2[c0 + j, k] = m2[j]
+                part_mean[p * nc + c0 + j, k] = mu[j]
+                part_m2[p * nc + c0 + j, k] = m2[j]
     _merge_all(part_mean, part_m2, na * nb, spc * nb, mean, var, tasks)
 
 
