@@ -1,13 +1,17 @@
 """Numba kernels: plain loop nests, no validation; blocks summed in the input
 dtype, partial results merged in float64.
 
-Every kernel comes in two shapes of the same data:
+Every kernel comes in two shapes of the same data, each with a leading
+axis of P parts normalized apart (their statistics and parameters at
+``p * C + c``): one for BatchNorm, a chunk of samples each for ghost batch
+norm, a sample each for channels-last InstanceNorm and GroupNorm.
 
-* ``_cf`` (channels first in memory): a ``(A, C, B)`` view whose last axis
-  runs through one channel. NCHW data is ``(N, C, H*W)``.
-* ``_cl`` (channels last in memory): a ``(P, R, C)`` view of P samples (1 for
-  BatchNorm) whose rows hold one
-  value per channel. NHWC data is ``(N*H*W, C)``; so is rank-2 input.
+* ``_cf`` (channels first in memory): a ``(P, A, C, B)`` view whose last
+  axis runs through one channel. NCHW data is ``(1, N, C, H*W)``.
+* ``_cl`` (channels last in memory): a ``(P, R, C)`` view whose rows hold
+  one value per channel. NHWC data is ``(1, N*H*W, C)``; so is rank-2 input.
+
+The gradient kernels also take a gate for a fused ReLU (:mod:`.grad_sums`).
 
 Work is split into tasks whose boundaries depend only on the shape, never on
 the thread count, and partial results are merged in a fixed order: results
