@@ -21,10 +21,10 @@ from typing import Callable
 
 import numpy as np
 
-from . import _checks, _choices, _collective
+from . import _checks, _collective
 from ._layout import Plan
-from .functional import (_HALF, BatchNormCache, _act_args, _forward_call, _param, _read_only,
-                         _update_running, _user_stacklevel, batch_norm_backward)
+from .functional import (_HALF, BatchNormCache, _act_args, _forward_call, _fused, _param,
+                         _read_only, _update_running, _user_stacklevel, batch_norm_backward)
 from .kernels import KERNELS
 
 
@@ -92,13 +92,8 @@ class _Parts:
 
     def fused(self, x: np.ndarray, arrays: int) -> bool:
         """Whether the channel-per-task kernels serve a pass over
-        ``arrays`` arrays (the choice rule of BatchNorm, a chunk's channel
-        being the unit)."""
-        if self.plan.kind != "cf":
-            return False
-        run = x.itemsize * (x.size // (x.shape[0] * x.shape[self.plan.axis]))
-        return _choices.CHOICES.fused(arrays * self.count * x.itemsize, run, x.nbytes,
-                                      self.mean.size)
+        ``arrays`` arrays (BatchNorm's choice, a chunk's channel the unit)."""
+        return _fused(self.plan, x, arrays, self.k)
 
 
 def _stack(rows: list, channels: int) -> np.ndarray:

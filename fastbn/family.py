@@ -30,8 +30,9 @@ from typing import NamedTuple
 import numpy as np
 
 from . import _checks, _choices
-from .functional import (_HALF, _NONE, _act_args, _param, _read_only, _update_running,
-                         _user_stacklevel, batch_norm_backward, batch_norm_forward)
+from .functional import (_HALF, _NONE, _act_args, _channel_params, _param, _read_only,
+                         _update_running, _user_stacklevel, batch_norm_backward,
+                         batch_norm_forward)
 from .kernels import KERNELS, RUN_BYTES
 
 __all__ = [
@@ -431,17 +432,9 @@ def instance_norm_forward(x, weight=None, bias=None, *, use_input_stats: bool = 
                          f"use_input_stats, got input of shape {x.shape}")
     eps = _checks.eps(eps)
     momentum = _checks.momentum(momentum)
-    vec = _checks.channel_vector
-    weight = vec(weight, "weight", c, x=x, axis=axis)
-    bias = vec(bias, "bias", c, x=x, axis=axis)
-    rmean = vec(running_mean, "running_mean", c, in_place=use_input_stats, x=x, axis=axis)
-    rvar = vec(running_var, "running_var", c, in_place=use_input_stats, x=x, axis=axis)
-    if (rmean is None) != (rvar is None) or (not use_input_stats and rmean is None):
-        need = ("both or neither" if use_input_stats
-                else "both (use_input_stats=False normalizes with them)")
-        raise ValueError(f"running_mean and running_var: expected {need}, got "
-                         f"running_mean={'None' if rmean is None else 'an array'}, "
-                         f"running_var={'None' if rvar is None else 'an array'}")
+    weight, bias, rmean, rvar = _channel_params(x, axis, weight, bias, running_mean,
+                                                running_var, use_input_stats,
+                                                "use_input_stats=False")
     out = _checks.out_array(out, x)
     if not use_input_stats:
         y, bn = batch_norm_forward(x, weight, bias, training=False, running_mean=rmean,

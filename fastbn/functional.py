@@ -89,8 +89,9 @@ def _run(op: str, plan: Plan, size: int, *args):
     return KERNELS[op][plan.kind](size, *args)
 
 
-def _fused(plan: Plan, x: np.ndarray, arrays: int) -> bool:
-    """Whether a training pass over ``arrays`` arrays of x's shape takes the
+def _fused(plan: Plan, x: np.ndarray, arrays: int, parts: int = 1) -> bool:
+    """Whether a training pass over ``arrays`` arrays of x's shape, its
+    samples cut into ``parts`` normalized apart (ghost batches), takes the
     channel-per-task kernels (the choices in force decide; see
     :mod:`fastbn._choices`). Depends on the shape and the machine, never on
     the thread count."""
@@ -98,7 +99,8 @@ def _fused(plan: Plan, x: np.ndarray, arrays: int) -> bool:
         return False
     c = x.shape[plan.axis]
     run = x.itemsize * (x.size // (x.shape[0] * c))
-    return _choices.CHOICES.fused(arrays * (x.size // c) * x.itemsize, run, x.nbytes, c)
+    return _choices.CHOICES.fused(arrays * (x.size // c // parts) * x.itemsize, run, x.nbytes,
+                                  c * parts)
 
 
 def _moments(x: np.ndarray, plan: Plan) -> tuple[np.ndarray, np.ndarray]:
@@ -192,20 +194,31 @@ def _forward_args(x, weight, bias, training, running_mean, running_var, momentum
     m = _checks.values_per_channel(x, c, training and not synced)
     eps = _checks.eps(eps)
     momentum = _checks.momentum(momentum)
-    vec = _checks.channel_vector
+    weight, bias, rmean, rvar = _channel_params(x, axis, weight, bias, running_mean,
+                                                running_var, training, "eval mode")
+    out = _checks.out_array(out, x)
+    return _Forward(x, axis, c, m, eps, momentum, weight, bias, rmean, rvar, out)
+
+
+def _channel_params(x, axis, weight, bias, running_mean, running_var, batch_stats: bool,
+                    otherwise: str) -> tuple:
+    """weight, bias and running statistics checked as ``(C,)`` views; with
+    ``batch_stats`` the running statistics are optional (both or neither)
+    and updated in place, else required: ``otherwise`` names the mode that
+    normalizes with them."""
+    c, vec = x.shape[axis], _checks.channel_vector
     weight = vec(weight, "weight", c, x=x, axis=axis)
     bias = vec(bias, "bias", c, x=x, axis=axis)
-    rmean = vec(running_mean, "running_mean", c, in_place=training, x=x, axis=axis)
-    rvar = vec(running_var, "running_var", c, in_place=training, x=x, axis=axis)
-    if (rmean is None) != (rvar is None) or (not training and rmean is None):
-        need = "both or neither" if training else "both (eval mode normalizes with them)"
+    rmean = vec(running_mean, "running_mean", c, in_place=batch_stats, x=x, axis=axis)
+    rvar = vec(running_var, "running_var", c, in_place=batch_stats, x=x, axis=axis)
+    if (rmean is None) != (rvar is None) or (not batch_stats and rmean is None):
+        need = "both or neither" if batch_stats else f"both ({otherwise} normalizes with them)"
         raise ValueError(
             f"running_mean and running_var: expected {need}, got "
             f"running_mean={'None' if rmean is None else 'an array'}, "
             f"running_var={'None' if rvar is None else 'an array'}"
         )
-    out = _checks.out_array(out, x)
-    return _Forward(x, axis, c, m, eps, momentum, weight, bias, rmean, rvar, out)
+    return weight, bias, rmean, rvar
 
 
 def _common_args(x, weight, bias, training, running_mean, running_var, momentum, eps, layout,
