@@ -25,6 +25,7 @@ import warnings
 from dataclasses import replace
 from typing import Iterable
 
+import numba
 import numpy as np
 
 LAYOUTS = ("NCHW", "NHWC")
@@ -44,8 +45,8 @@ def _workload(layout: str, dtype: str, strided: bool) -> None:
     dt = np.dtype(dtype)
     if layout == "NCHW":  # runs shorter than RUN_BYTES are walked, longer ones not
         shapes = [(4, 16, 2, 2), (2, 16, 1, RUN_BYTES // dt.itemsize)]
-    else:
-        shapes = [(4, 2, 2, 16)]
+    else:  # a sample per thread at least: the sample-per-task kernels serve it
+        shapes = [(max(4, numba.get_num_threads()), 2, 2, 16)]
     saved = _choices.CHOICES
     every, none = (replace(saved, fused_max_channel_bytes=m, fused_max_total=m)
                    for m in (1 << 62, 0))

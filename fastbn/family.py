@@ -27,6 +27,7 @@ import numbers
 import warnings
 from typing import NamedTuple
 
+import numba
 import numpy as np
 
 from . import _checks, _choices
@@ -63,9 +64,9 @@ class _Groups(NamedTuple):
     def view(self, a: np.ndarray, writable: bool = False) -> np.ndarray:
         """The kernel view of ``a`` (a copy if its strides allow none)."""
         if self.last:
-            v = np.moveaxis(a, self.axis, -1).reshape(self.n, self.s, self.c)
+            v = _moved(a, self.axis, a.ndim - 1).reshape(self.n, self.s, self.c)
         else:
-            v = np.moveaxis(a, self.axis, 1).reshape(1, 1, self.n * self.c, self.s)
+            v = _moved(a, self.axis, 1).reshape(1, 1, self.n * self.c, self.s)
         return v if writable else _read_only(v)
 
     def empty(self, dtype) -> np.ndarray:
@@ -78,8 +79,14 @@ class _Groups(NamedTuple):
         """An array from :meth:`empty` seen in the logical shape (a view)."""
         spatial = [d for i, d in enumerate(self.shape) if i not in (0, self.axis)]
         if self.last:
-            return np.moveaxis(v.reshape(self.n, *spatial, self.c), -1, self.axis)
-        return np.moveaxis(v.reshape(self.n, self.c, *spatial), 1, self.axis)
+            return _moved(v.reshape(self.n, *spatial, self.c), len(self.shape) - 1, self.axis)
+        return _moved(v.reshape(self.n, self.c, *spatial), 1, self.axis)
+
+
+def _moved(a: np.ndarray, source: int, destination: int) -> np.ndarray:
+    """``np.moveaxis`` without its cost when nothing moves (small inputs
+    feel a call's overhead)."""
+    return a if source == destination else np.moveaxis(a, source, destination)
 
 
 class _Rows(NamedTuple):
@@ -202,10 +209,9 @@ def _group_stats(xv: np.ndarray, gr: _Groups) -> tuple[np.ndarray, np.ndarray]:
     KERNELS["stats"]["cl"](xv.size, xv, mean, var)
     if g == c:
         return mean.reshape(n, c), var.reshape(n, c)
-    m, v = mean.reshape(n, g, -1), var.reshape(n, g, -1)
-    d = m - m[..., :1]  # about a member: a constant group's mean stays exact
-    dm = d.mean(-1)
-    return m[..., 0] + dm, v.mean(-1) + ((d - dm[..., None]) ** 2).mean(-1)
+    gm, gv = np.empty(n * g), np.empty(n * g)
+    KERNELS["merge_groups"]["any"](n * c, mean, var, c // g, gm, gv)
+    return gm.reshape(n, g), gv.reshape(n, g)
 
 
 def _per_channel(a: np.ndarray, gr: _Groups) -> np.ndarray:
@@ -216,7 +222,11 @@ def _per_channel(a: np.ndarray, gr: _Groups) -> np.ndarray:
 
 def _tiled(v: np.ndarray, gr: _Groups) -> np.ndarray:
     """A per-channel vector repeated for each sample (empty stays empty)."""
-    return np.tile(v, gr.n) if v.size else v
+    if not v.size:
+        return v
+    out = np.empty((gr.n, v.size), v.dtype)
+    out[...] = v
+    return out.reshape(-1)
 
 
 def _group_map(op: str, gr: _Groups, *args) -> None:
@@ -230,13 +240,17 @@ def _group_map(op: str, gr: _Groups, *args) -> None:
     KERNELS[op][kind](views * args[0].size, *args)
 
 
-def _fused(gr: _Groups, x: np.ndarray, arrays: int) -> bool:
-    """Whether a pass over ``arrays`` x-shaped arrays takes the
-    group-per-task kernels: a (sample, group) is contiguous in the
-    channels-first view, and the choices in force (:mod:`fastbn._choices`)
-    say its data fits in cache."""
-    unit = (gr.c // gr.g) * gr.s * x.itemsize
-    return not gr.last and _choices.CHOICES.fused(arrays * unit, unit, x.nbytes, gr.n * gr.g)
+def _fused(gr: _Groups, xv: np.ndarray, arrays: int) -> bool:
+    """Whether a pass over ``arrays`` x-shaped arrays takes the kernels
+    that keep a unit in cache between its statistics and its element-wise
+    pass: a (sample, group) channels first, a sample channels last (its
+    view C-contiguous); when the choices in force (:mod:`fastbn._choices`)
+    say the unit's data fits in cache."""
+    if gr.last:
+        return xv.flags.c_contiguous and _choices.CHOICES.fused_samples(
+            arrays * gr.s * gr.c * xv.itemsize, xv.nbytes, gr.n, numba.get_num_threads())
+    unit = (gr.c // gr.g) * gr.s * xv.itemsize
+    return _choices.CHOICES.fused(arrays * unit, unit, xv.nbytes, gr.n * gr.g)
 
 
 # ----------------------------------------------------------------------------- float16
@@ -279,7 +293,12 @@ def _grouped_forward(norm, x, gr: _Groups, weight, bias, eps, out):
     xv = gr.view(x32)
     yv, y = _output(gr, out if dt == x.dtype else None, dt)
     units, k = gr.n * gr.g, gr.c // gr.g
-    if _fused(gr, x32, 1):
+    fused = _fused(gr, xv, 1)
+    if fused and gr.last:
+        mean, var = np.empty(units), np.empty(units)
+        KERNELS["fused_forward"]["cl"](x32.size, xv, k, w, b, eps, mean, var, yv)
+        mean, var = mean.reshape(gr.n, gr.g), var.reshape(gr.n, gr.g)
+    elif fused:
         mean, var = np.empty(units), np.empty(units)
         lo, gate = _act_args(None, dt)
         KERNELS["fused_forward"]["cf"](x32.size, xv.reshape(1, 1, units, -1), k, _tiled(w, gr),
@@ -310,7 +329,11 @@ def _grouped_backward(dy, cache: NormCache):
     parts, weight = gr.c // gr.g, _tiled(cache.weight, gr)
     count = float(parts * gr.s)
     lo, gate = _act_args(None, dt)
-    if _fused(gr, x32, 2):
+    fused = _fused(gr, xv, 2) and (dyv.flags.c_contiguous or not gr.last)
+    if fused and gr.last:
+        KERNELS["fused_backward"]["cl"](2 * x32.size, dyv, xv, parts, cache._mean.reshape(-1),
+                                        invstd.reshape(-1), weight, count, s1, s2, dxv)
+    elif fused:
         shape = (1, 1, gr.n * gr.g, -1)
         KERNELS["fused_backward"]["cf"](2 * x32.size, dyv.reshape(shape), xv.reshape(shape),
                                         parts, cache._mean.reshape(-1), invstd.reshape(-1),

@@ -117,8 +117,8 @@ def test_every_kernel_choice_gives_the_same_bits():
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert not result["compiled"], "python -m fastbn warmup missed signatures the choices use"
     assert result["NCHW"]["fused"] == [False, True, True, False]  # both kinds ran
-    for layout in ("NCHW", "NHWC"):
-        assert all(equal for _, equal in result[layout]["equal"]), result[layout]
+    for key in ("NCHW", "NHWC", "group NCHW", "group NHWC"):
+        assert all(equal for _, equal in result[key]["equal"]), result[key]
 
 
 def test_thread_count_follows_the_usable_cpus(monkeypatch):
@@ -152,3 +152,14 @@ def test_thread_count_follows_the_usable_cpus(monkeypatch):
         os.environ.pop("NUMBA_NUM_THREADS", None)
         if saved_env is not None:
             os.environ["NUMBA_NUM_THREADS"] = saved_env
+
+
+def test_sample_per_task_kernels_need_a_sample_per_thread_that_fits_in_l2():
+    xeon = _choices.derive(XEON)
+    sample = 56 * 56 * 64 * 4  # 32x64x56x56 float32 channels last: 784 KiB a sample
+    assert xeon.fused_samples(sample, 32 * sample, 32, 2)
+    assert xeon.fused_samples(2 << 20, 16 << 20, 8, 2)        # a sample as large as the L2
+    assert not xeon.fused_samples((2 << 20) + 1, 16 << 20, 8, 2)
+    assert not xeon.fused_samples(sample, 8 * sample, 8, 16)  # threads left without a sample
+    assert not xeon.fused_samples(sample, 64 << 20, 84, 2)    # past glibc's mmap threshold
+    assert not _choices.derive(EPYC).fused_samples(sample, 32 * sample, 32, 2)  # 512 KiB L2

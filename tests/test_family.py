@@ -487,3 +487,39 @@ def test_layer_norm_rows_longer_than_a_block(rng, dtype):
     rtol = 1e-10 if dtype == np.float64 else 2e-4
     for got, want in ((y, ry), (dx, rdx), (dw, rdw), (db, rdb)):
         np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol * np.abs(want).max())
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("kind, shape, groups", [
+    ("group", (3, 48, 48, 64), 8),    # two row chunks per sample
+    ("group", (2, 3, 5, 1040), 260),  # three column chunks of COLUMNS
+    ("group", (4, 7, 5, 12), 3),
+    ("instance", (2, 9, 11, 20), None),
+])
+def test_channels_last_paths_agree(rng, monkeypatch, kind, shape, groups, dtype):
+    """Channels-last GroupNorm/InstanceNorm: the sample-per-task forward and
+    backward and the two-pass ones (column statistics, per-group merge,
+    map; column sums, map) give the same bits, which match the reference at
+    a large offset; a constant group's output is exactly its bias."""
+    from fastbn import _choices
+
+    c = shape[-1]
+    norm = Norm(kind, shape, groups, "NHWC")
+    x = norm.data(rng, dtype, loc=1e3)
+    x[1, ..., :c // (groups or c)] = 3.5  # sample 1's first group: constant
+    w, b = norm.params(rng, dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    results = []
+    for limit in (0, 1 << 40):
+        monkeypatch.setattr(_choices, "CHOICES", replace(
+            _choices.CHOICES, fused_max_channel_bytes=limit, fused_max_total=limit))
+        y, cache = norm.forward(x, w, b)
+        results.append((y, cache.mean, cache.var, *norm.backward(dy, cache)))
+    for name, a, b_ in zip(("y", "mean", "var", "dx", "dweight", "dbias"), *results):
+        np.testing.assert_array_equal(a, b_, err_msg=name)
+    y1, c1 = y, cache
+    check_forward(norm, x, y1, c1, *norm.reference(x, w, b), dtype)
+    check_grads(norm, results[1][3:], norm.reference_backward(dy, x, w), dy, x, w, EPS, dtype)
+    np.testing.assert_array_equal(y1[1, ..., :c // (groups or c)],
+                                  np.broadcast_to(b[:c // (groups or c)], y1[1, ..., :1].shape[:-1]
+                                                  + (c // (groups or c),)))

@@ -31,8 +31,9 @@ statistics (the center's rounding error is folded into the shift).
 
 Modules: :mod:`._tasks` (task sizes and splitting), :mod:`._moments`
 (exact statistics of a task), :mod:`.stats`, :mod:`.grad_sums`,
-:mod:`.maps` (element-wise), :mod:`.fused` (channel per task) and
-:mod:`.running`.
+:mod:`.maps` (element-wise), :mod:`.fused` (channel per task),
+:mod:`.samples` (sample per task, channels last), :mod:`.rows` (LayerNorm)
+and :mod:`.running`.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from .grad_sums import grad_sums_cf, grad_sums_cl, grad_sums_walk
 from .maps import affine_cf, affine_cl, grad_input_cf, grad_input_cl
 from .rows import rows_backward, rows_forward
 from .running import update_running
+from .samples import backward_cl, forward_cl, merge_groups
 from .stats import stats_cf, stats_cl, stats_walk
 
 __all__ = [
@@ -51,7 +53,7 @@ __all__ = [
     "ROWS", "RUN_BYTES", "WALK_BYTES", "KERNELS", "dispatchers",
     "stats_cf", "stats_walk", "stats_cl", "grad_sums_cf", "grad_sums_walk", "grad_sums_cl",
     "affine_cf", "affine_cl", "grad_input_cf", "grad_input_cl", "forward_cf", "backward_cf",
-    "update_running", "rows_forward", "rows_backward",
+    "update_running", "rows_forward", "rows_backward", "forward_cl", "backward_cl", "merge_groups",
 ]
 
 #: Kernels by step and memory order: "cf", "walk" (channels first with runs
@@ -61,9 +63,10 @@ KERNELS = {
     "grad_sums": {"cf": grad_sums_cf, "walk": grad_sums_walk, "cl": grad_sums_cl},
     "affine": {"cf": affine_cf, "walk": affine_cf, "cl": affine_cl},
     "grad_input": {"cf": grad_input_cf, "walk": grad_input_cf, "cl": grad_input_cl},
-    "fused_forward": {"cf": forward_cf},
-    "fused_backward": {"cf": backward_cf},
+    "fused_forward": {"cf": forward_cf, "cl": forward_cl},
+    "fused_backward": {"cf": backward_cf, "cl": backward_cl},
     "update_running": {"any": update_running},
+    "merge_groups": {"any": merge_groups},
     "rows_forward": {"any": rows_forward},
     "rows_backward": {"any": rows_backward},
 }

@@ -1,6 +1,13 @@
 """Channel-per-task training kernels over ``_cf`` views: a channel's
 statistics (or gradient sums) and its element-wise pass while it is still
-in cache, in the chunks of the two-pass kernels (the same bits)."""
+in cache, in the chunks of the two-pass kernels (the same bits).
+
+The loop that writes a channel's output also reads the task's next channel
+(a sum nobody uses, kept in ``sink`` so that it stays): reading ahead from
+memory overlaps the writes, where a pass that only writes would leave the
+reads idle (measured, 2-vCPU Xeon, against the same kernels without it:
+0.93-0.99 of their time forward, 0.81-0.99 backward, float32, channels of
+6-64 KiB; see also :mod:`.rows`)."""
 
 from __future__ import annotations
 
@@ -34,15 +41,21 @@ def forward_cf(x, parts, weight, bias, eps, lo, mean, var, gate, y, tasks):
     run = nb // parts
     n_c = ns * nc
     ng = min(n_c, tasks)
+    sink = np.zeros(ng, x.dtype)
     for grp in prange(ng):
         part_mean = np.empty(nch)
         part_m2 = np.empty(nch)
-        for u in range(grp * n_c // ng, (grp + 1) * n_c // ng):
+        u1 = (grp + 1) * n_c // ng
+        touched = x.dtype.type(0)
+        for u in range(grp * n_c // ng, u1):
             p = u // nc
             c = u - p * nc
             for k in range(nch):
                 part_mean[k], part_m2[k] = _cf_moments(x[p], c, k * size, min(m, k * size + size))
             mean[u], var[u] = _merge_chunks(part_mean, part_m2, m, size)
+            un = min(u + 1, u1 - 1)
+            pn = un // nc
+            cn = un - pn * nc
             for j in range(parts):
                 q = u * parts + j
                 center, scale, shift = _affine_coeffs(x, u, q, mean, var, weight, bias, eps)
@@ -51,10 +64,13 @@ def forward_cf(x, parts, weight, bias, eps, lo, mean, var, gate, y, tasks):
                     gate[gate.size // 2 + q] = shift
                 for a in range(na):
                     xr = x[p, a, c, j * run:j * run + run]
+                    xn = x[pn, a, cn, j * run:j * run + run]
                     yr = y[p, a, c, j * run:j * run + run]
                     for b in range(run):
                         v = (xr[b] - center) * scale + shift
                         yr[b] = lo if v < lo else v
+                        touched += xn[b]
+        sink[grp] = touched
 
 
 @kernel
@@ -74,10 +90,16 @@ def backward_cf(dy, x, parts, mean, invstd, weight, count, gate, lo, sum_dy, sum
     size = (m + nch - 1) // nch
     n_c = ns * nc
     ng = min(n_c, tasks)
+    sink = np.zeros(ng, x.dtype)
     for grp in prange(ng):
-        for u in range(grp * n_c // ng, (grp + 1) * n_c // ng):
+        u1 = (grp + 1) * n_c // ng
+        touched = x.dtype.type(0)
+        for u in range(grp * n_c // ng, u1):
             p = u // nc
             c = u - p * nc
+            un = min(u + 1, u1 - 1)
+            pn = un // nc
+            cn = un - pn * nc
             center = x.dtype.type(mean[u])
             for j in range(parts):
                 q = u * parts + j
@@ -100,7 +122,11 @@ def backward_cf(dy, x, parts, mean, invstd, weight, count, gate, lo, sum_dy, sum
                     gr = dy[p, a, c, j * run:j * run + run]
                     xr = x[p, a, c, j * run:j * run + run]
                     dr = dx[p, a, c, j * run:j * run + run]
+                    gn = dy[pn, a, cn, j * run:j * run + run]
+                    xn = x[pn, a, cn, j * run:j * run + run]
                     for b in range(run):
                         xc = xr[b] - center
                         gb = dy.dtype.type(0) if xc * gs + gh <= lo else gr[b]
                         dr[b] = g * gb + h * xc + e
+                        touched += gn[b] + xn[b]
+        sink[grp] = touched

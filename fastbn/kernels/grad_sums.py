@@ -154,6 +154,43 @@ def grad_sums_walk(dy, x, mean, gate, lo, sum_dy, sum_dy_xc, tasks):
     _sum_parts(part_dy, part_dyx, mean, center, sum_dy, sum_dy_xc)
 
 
+@helper
+def _cl_grad_sums(dy, x, r0, r1, k0, off, mean, gate, lo, s, sx):
+    """Add the float64 sums of ``dy`` and ``dy * (x - center)`` of columns
+    ``k0:k0 + len(s)`` over rows ``r0:r1`` of ``(R, C)`` rows to ``s`` and
+    ``sx``: blocks of rows summed in x's dtype; ``center`` (x's dtype),
+    ``gate`` and ``mean`` at ``off + k``."""
+    kw = s.size
+    rows = max(1, min(ROWS, CL_BLOCK // kw))
+    bs = np.empty(kw, x.dtype)
+    bsx = np.empty(kw, x.dtype)
+    ck = _as_dtype(mean[off + k0:off + k0 + kw], x.dtype)
+    gs = np.zeros(kw, x.dtype)
+    gh = np.zeros(kw, x.dtype)
+    for k in range(kw):
+        gs[k], gh[k] = _gate_of(gate, off + k0 + k)
+    for rb in range(r0, r1, rows):
+        for k in range(kw):
+            bs[k] = 0
+            bsx[k] = 0
+        for r in range(rb, min(r1, rb + rows)):
+            g0 = dy[r, k0:k0 + kw]
+            x0 = x[r, k0:k0 + kw]
+            if gate.size:
+                for k in range(kw):
+                    xc = x0[k] - ck[k]
+                    g = dy.dtype.type(0) if xc * gs[k] + gh[k] <= lo else g0[k]
+                    bs[k] += g
+                    bsx[k] += g * xc
+            else:  # no gate: its two loads per value cost 3% here (measured)
+                for k in range(kw):
+                    bs[k] += g0[k]
+                    bsx[k] += g0[k] * (x0[k] - ck[k])
+        for k in range(kw):
+            s[k] += bs[k]
+            sx[k] += bsx[k]
+
+
 @kernel
 def grad_sums_cl(dy, x, mean, gate, lo, sum_dy, sum_dy_xc, tasks):
     """Per-column ``sum(dy)`` and ``sum(dy * (x - mean))`` of each sample
@@ -173,37 +210,10 @@ def grad_sums_cl(dy, x, mean, gate, lo, sum_dy, sum_dy_xc, tasks):
             i = (t - p * nrc * ncc) // ncc
             k0 = (t - p * nrc * ncc - i * ncc) * COLUMNS
             kw = min(nc, k0 + COLUMNS) - k0
-            r1 = min(nr, i * rsize + rsize)
-            rows = max(1, min(ROWS, CL_BLOCK // kw))
             s = np.zeros(kw)
             sx = np.zeros(kw)
-            bs = np.empty(kw, x.dtype)
-            bsx = np.empty(kw, x.dtype)
-            ck = _as_dtype(mean[p * nc + k0:p * nc + k0 + kw], x.dtype)
-            gs = np.zeros(kw, x.dtype)
-            gh = np.zeros(kw, x.dtype)
-            for k in range(kw):
-                gs[k], gh[k] = _gate_of(gate, p * nc + k0 + k)
-            for r0 in range(i * rsize, r1, rows):
-                for k in range(kw):
-                    bs[k] = 0
-                    bsx[k] = 0
-                for r in range(r0, min(r1, r0 + rows)):
-                    g0 = dy[p, r, k0:k0 + kw]
-                    x0 = x[p, r, k0:k0 + kw]
-                    if gate.size:
-                        for k in range(kw):
-                            xc = x0[k] - ck[k]
-                            g = dy.dtype.type(0) if xc * gs[k] + gh[k] <= lo else g0[k]
-                            bs[k] += g
-                            bsx[k] += g * xc
-                    else:  # no gate: its two loads per value cost 3% here (measured)
-                        for k in range(kw):
-                            bs[k] += g0[k]
-                            bsx[k] += g0[k] * (x0[k] - ck[k])
-                for k in range(kw):
-                    s[k] += bs[k]
-                    sx[k] += bsx[k]
+            _cl_grad_sums(dy[p], x[p], i * rsize, min(nr, i * rsize + rsize), k0, p * nc, mean,
+                          gate, lo, s, sx)
             for j in range(kw):
                 part_dy[i, p * nc + k0 + j] = s[j]
                 part_dyx[i, p * nc + k0 + j] = sx[j]
@@ -211,10 +221,16 @@ def grad_sums_cl(dy, x, mean, gate, lo, sum_dy, sum_dy_xc, tasks):
     ng = min(n_k, tasks)
     for grp in prange(ng):
         for k in range(grp * n_k // ng, (grp + 1) * n_k // ng):
-            s = 0.0
-            sx = 0.0
-            for i in range(nrc):
-                s += part_dy[i, k]
-                sx += part_dyx[i, k]
-            sum_dy[k] = s
-            sum_dy_xc[k] = sx - (mean[k] - np.float64(x.dtype.type(mean[k]))) * s
+            sum_dy[k], sum_dy_xc[k] = _column_totals(part_dy, part_dyx, k, mean[k], x)
+
+
+@helper(strict=True)
+def _column_totals(part_dy, part_dyx, k, mean_k, x):
+    """Column ``k``'s float64 sums over its row chunks (axis 0, in order),
+    the second moved from ``mean_k`` rounded to x's dtype to ``mean_k``."""
+    s = 0.0
+    sx = 0.0
+    for i in range(part_dy.shape[0]):
+        s += part_dy[i, k]
+        sx += part_dyx[i, k]
+    return s, sx - (mean_k - np.float64(x.dtype.type(mean_k))) * s

@@ -1,6 +1,9 @@
 """Element-wise kernels: the affine normalization ``y`` and the training
 gradient ``dx`` over ``_cf`` and ``_cl`` views, and the per-channel
-coefficients they apply."""
+coefficients they apply. The coefficients are computed without fast-math
+flags (O(C) work): every kernel that computes them, element-wise, fused or
+sample per task, gets the same bits, also in float64 where no rounding to
+x's dtype hides a reassociated product."""
 
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ from .._jit import helper, kernel
 from ._tasks import CHUNK, _cf_piece, _gate_of
 
 
-@helper(inline=True)
+@helper(strict=True)
 def _affine_coeffs(x, c, p, mean, var, weight, bias, eps):
     """``(center, scale, shift)`` in x's dtype of statistics ``c`` and
     parameters ``p``, for ``y = (x - center) * scale + shift``: the float64
@@ -26,7 +29,7 @@ def _affine_coeffs(x, c, p, mean, var, weight, bias, eps):
     return center, x.dtype.type(scale), x.dtype.type(shift)
 
 
-@helper(inline=True)
+@helper(strict=True)
 def _grad_coeffs(x, c, p, parts, mean, invstd, weight, sum_dy, sum_dy_xc, m):
     """``(center, k_dy, k_x, k_0)`` in x's dtype of parameter channel ``p``
     normalized with statistics ``c`` (``m`` values), for the training
@@ -199,8 +202,12 @@ def grad_input_cl(dy, x, parts, mean, invstd, weight, sum_dy, sum_dy_xc, count, 
                 gr = dy[p, r]
                 xr = x[p, r]
                 dr = dx[p, r]
-                for k in range(nc):
-                    xc = xr[k] - cen[k]
-                    gk = dy.dtype.type(0) if xc * gs[k] + gh[k] <= lo else gr[k]
-                    dr[k] = g[k] * gk + h[k] * xc + e[k]
+                if gate.size:
+                    for k in range(nc):
+                        xc = xr[k] - cen[k]
+                        gk = dy.dtype.type(0) if xc * gs[k] + gh[k] <= lo else gr[k]
+                        dr[k] = g[k] * gk + h[k] * xc + e[k]
+                else:  # as :func:`.backward_cl` (the same bits)
+                    for k in range(nc):
+                        dr[k] = g[k] * gr[k] + h[k] * (xr[k] - cen[k]) + e[k]
 

@@ -34,6 +34,14 @@ for layout in ("NCHW", "NHWC"):
     names = ("y", "mean", "var", "dx", "dweight", "dbias")
     out[layout] = {"fused": fused, "equal": [[n, bool(np.array_equal(a, b))] for other in results[1:]
                                              for n, a, b in zip(names, results[0], other)]}
+    results = []  # GroupNorm: a (sample, group) or a sample per task, or two passes
+    for fused_bytes, parallel_min in ((0, 1 << 30), (1 << 30, 1), (1 << 30, 1 << 30), (0, 1)):
+        _choices.CHOICES = Choices(parallel_min, fused_bytes, 1 << 40, "test")
+        _jit.PARALLEL_MIN_SIZE = parallel_min
+        y, cache = fastbn.group_norm_forward(x, 8, w, layout=layout)
+        results.append((y, cache.mean, cache.var, *fastbn.group_norm_backward(dy, cache)))
+    out[f"group {layout}"] = {"equal": [[n, bool(np.array_equal(a, b))] for other in results[1:]
+                                        for n, a, b in zip(names, results[0], other)]}
 out["compiled"] = {d.py_func.__name__: n for d in fastbn.kernels.dispatchers()
                    if (n := sum(d.stats.cache_misses.values()))}
 print(json.dumps(out))
