@@ -27,7 +27,8 @@ def test_info_reports_versions_threads_and_cache():
     out = proc.stdout
     assert fastbn.__version__ in out
     for key in ("numpy", "numba", "python", "threading layer", "threads", "cpu", "caches",
-                "kernel choices", "parallel from", "channel per task", "compile cache",
+                "kernel choices", "parallel from", "channel per task", "sample per task",
+                "compile cache",
                 "cache state"):
         assert key in out, out
 
