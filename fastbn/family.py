@@ -563,12 +563,11 @@ def layer_norm_backward(dy, cache: NormCache) -> tuple[np.ndarray, np.ndarray, n
     x32, dy32 = _widened(x), _widened(dy)
     dt = x32.dtype
     w = cache.weight if cache.weight.size else np.ones(rows.d, dt)
-    with np.errstate(divide="ignore"):
-        invstd = 1.0 / np.sqrt(cache._var.reshape(-1) + cache.eps)
     dxv, dx = _output(rows, None, dt)
     dweight, dbias = np.empty(rows.d), np.empty(rows.d)
     KERNELS["rows_backward"]["any"](2 * x.size, rows.view(dy32), rows.view(x32),
-                                    cache._mean.reshape(-1), invstd, w, dxv, dweight, dbias)
+                                    cache._mean.reshape(-1), cache._var.reshape(-1), cache.eps, w,
+                                    dxv, dweight, dbias)
     return (_deliver(dx, x, None), dweight.reshape(cache.shape).astype(x.dtype),
             dbias.reshape(cache.shape).astype(x.dtype))
 

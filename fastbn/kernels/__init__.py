@@ -32,7 +32,8 @@ statistics (the center's rounding error is folded into the shift).
 Modules: :mod:`._tasks` (task sizes and splitting), :mod:`._moments`
 (exact statistics of a task), :mod:`.stats`, :mod:`.grad_sums`,
 :mod:`.maps` (element-wise), :mod:`.fused` (channel per task),
-:mod:`.samples` (sample per task, channels last), :mod:`.rows` (LayerNorm)
+:mod:`.samples` (sample per task, channels last), :mod:`.rows` and
+:mod:`.short_rows` (LayerNorm)
 and :mod:`.running`.
 """
 
