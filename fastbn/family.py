@@ -231,11 +231,11 @@ def _tiled(v: np.ndarray, gr: _Groups) -> np.ndarray:
 
 def _group_map(op: str, gr: _Groups, *args) -> None:
     """Run kernel ``op`` over the groups' view, ``(1, N*C, S)`` or
-    ``(N, S, C)``; ``args[0]`` is x-shaped."""
-    if gr.last:
-        kind = "cl"
-    else:
-        kind = "walk" if gr.s * args[0].itemsize < RUN_BYTES else "cf"
+    ``(N, S, C)``; ``args[0]`` is x-shaped. Channels first, the channels of
+    the one sample of that view follow each other in memory, so the ``cf``
+    kernels read in order whatever S, and sum in the chunks of the fused
+    kernels (the same bits)."""
+    kind = "cl" if gr.last else "cf"
     views = sum(1 for a in args if isinstance(a, np.ndarray) and a.ndim >= 3)
     KERNELS[op][kind](views * args[0].size, *args)
 

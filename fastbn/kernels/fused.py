@@ -18,7 +18,7 @@ from .._jit import kernel
 from ._moments import _cf_moments, _merge_chunks
 from ._tasks import CHUNK, MAX_CHUNKS, _gate_of, _n_chunks
 from .grad_sums import _cf_grad_totals
-from .maps import _affine_coeffs, _grad_coeffs
+from .maps import _affine_coeffs, _grad_coeffs, _group_sums
 
 
 @kernel
@@ -113,10 +113,10 @@ def backward_cf(dy, x, parts, mean, invstd, weight, count, gate, lo, sum_dy, sum
                     sx += bsx
                 sum_dy[q] = s
                 sum_dy_xc[q] = sx - (mean[u] - np.float64(center)) * s
+            w1, w2 = _group_sums(u * parts, parts, weight, sum_dy, sum_dy_xc)
             for j in range(parts):
                 q = u * parts + j
-                center, g, h, e = _grad_coeffs(x, u, q, parts, mean, invstd, weight, sum_dy,
-                                               sum_dy_xc, count)
+                center, g, h, e = _grad_coeffs(x, u, q, w1, w2, mean, invstd, weight, count)
                 gs, gh = _gate_of(gate, q)
                 for a in range(na):
                     gr = dy[p, a, c, j * run:j * run + run]

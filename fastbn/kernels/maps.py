@@ -30,19 +30,24 @@ def _affine_coeffs(x, c, p, mean, var, weight, bias, eps):
 
 
 @helper(strict=True)
-def _grad_coeffs(x, c, p, parts, mean, invstd, weight, sum_dy, sum_dy_xc, m):
-    """``(center, k_dy, k_x, k_0)`` in x's dtype of parameter channel ``p``
-    normalized with statistics ``c`` (``m`` values), for the training
-    gradient ``dx = k_dy * dy + k_x * (x - center) + k_0``. The statistics
-    are those of a group, the ``parts`` consecutive channels from
-    ``p - p % parts`` (BatchNorm: 1, GroupNorm: C/G), whose sums, weighted
-    by their weights, make ``k_x`` and ``k_0``."""
+def _group_sums(p0, parts, weight, sum_dy, sum_dy_xc):
+    """The sums of the ``parts`` consecutive channels from ``p0`` (a group:
+    BatchNorm 1, GroupNorm C/G), weighted by their weights (empty: ones)."""
     w1 = 0.0
     w2 = 0.0
-    for q in range(p - p % parts, p - p % parts + parts):
+    for q in range(p0, p0 + parts):
         wq = weight[q] if weight.size else 1.0
         w1 += wq * sum_dy[q]
         w2 += wq * sum_dy_xc[q]
+    return w1, w2
+
+
+@helper(strict=True)
+def _grad_coeffs(x, c, p, w1, w2, mean, invstd, weight, m):
+    """``(center, k_dy, k_x, k_0)`` in x's dtype of parameter channel ``p``
+    normalized with statistics ``c`` (``m`` values), for the training
+    gradient ``dx = k_dy * dy + k_x * (x - center) + k_0``; ``w1``, ``w2``:
+    its group's :func:`_group_sums`."""
     r = invstd[c]
     k_dy = r * (weight[p] if weight.size else 1.0)
     k_x = -r * r * r * w2 / m
@@ -72,9 +77,12 @@ def _grad_table(x, parts, mean, invstd, weight, sum_dy, sum_dy_xc, m):
     k_dy = np.empty(nc, x.dtype)
     k_x = np.empty(nc, x.dtype)
     k_0 = np.empty(nc, x.dtype)
+    w1 = w2 = 0.0
     for c in range(nc):
-        center[c], k_dy[c], k_x[c], k_0[c] = _grad_coeffs(
-            x, c, c, parts, mean, invstd, weight, sum_dy, sum_dy_xc, m)
+        if c % parts == 0:
+            w1, w2 = _group_sums(c, parts, weight, sum_dy, sum_dy_xc)
+        center[c], k_dy[c], k_x[c], k_0[c] = _grad_coeffs(x, c, c, w1, w2, mean, invstd, weight,
+                                                          m)
     return center, k_dy, k_x, k_0
 
 

@@ -22,7 +22,7 @@ from .._jit import helper, kernel, serial_kernel
 from ._moments import _cl_moments, _merge_chunks
 from ._tasks import CL_CHUNK, COLUMNS, MAX_CHUNKS, _n_chunks
 from .grad_sums import _cl_grad_sums, _column_totals
-from .maps import _affine_coeffs, _grad_coeffs
+from .maps import _affine_coeffs, _grad_coeffs, _group_sums
 
 #: Values per span of whole rows the element-wise pass runs as one flat
 #: loop, its coefficients tiled over the span: a loop per row of C values
@@ -176,10 +176,12 @@ def backward_cl(dy, x, parts, mean, invstd, weight, count, sum_dy, sum_dy_xc, dx
                         psx[i, k0 + j] = sx[j]
             for k in range(nc):
                 sum_dy[p * nc + k], sum_dy_xc[p * nc + k] = _column_totals(ps, psx, k, cmean[k], x)
+            w1 = w2 = 0.0
             for k in range(nc):
+                if k % parts == 0:
+                    w1, w2 = _group_sums(p * nc + k, parts, weight, sum_dy, sum_dy_xc)
                 cen[k], k_dy[k], k_x[k], k_0[k] = _grad_coeffs(
-                    x, p * ngr + k // parts, p * nc + k, parts, mean, invstd, weight, sum_dy,
-                    sum_dy_xc, count)
+                    x, p * ngr + k // parts, p * nc + k, w1, w2, mean, invstd, weight, count)
             _tiled(cen, nc)
             _tiled(k_dy, nc)
             _tiled(k_x, nc)
