@@ -240,17 +240,18 @@ def _group_map(op: str, gr: _Groups, *args) -> None:
     KERNELS[op][kind](views * args[0].size, *args)
 
 
-def _fused(gr: _Groups, xv: np.ndarray, arrays: int) -> bool:
-    """Whether a pass over ``arrays`` x-shaped arrays takes the kernels
-    that keep a unit in cache between its statistics and its element-wise
-    pass: a (sample, group) channels first, a sample channels last (its
-    view C-contiguous); when the choices in force (:mod:`fastbn._choices`)
-    say the unit's data fits in cache."""
+def _fused(gr: _Groups, *views: np.ndarray) -> bool:
+    """Whether a pass over the kernel ``views`` (x, and dy in backward)
+    takes the kernels that keep a unit in cache between its statistics and
+    its element-wise pass: a (sample, group) channels first, a sample
+    channels last (its views C-contiguous); when the choices in force
+    (:mod:`fastbn._choices`) say the unit's data fits in cache."""
+    xv = views[0]
     if gr.last:
-        return xv.flags.c_contiguous and _choices.CHOICES.fused_samples(
-            arrays * gr.s * gr.c * xv.itemsize, xv.nbytes, gr.n, numba.get_num_threads())
+        return all(v.flags.c_contiguous for v in views) and _choices.CHOICES.fused_samples(
+            len(views) * gr.s * gr.c * xv.itemsize, xv.nbytes, gr.n, numba.get_num_threads())
     unit = (gr.c // gr.g) * gr.s * xv.itemsize
-    return _choices.CHOICES.fused(arrays * unit, unit, xv.nbytes, gr.n * gr.g)
+    return _choices.CHOICES.fused(len(views) * unit, unit, xv.nbytes, gr.n * gr.g)
 
 
 # ----------------------------------------------------------------------------- float16
@@ -293,7 +294,7 @@ def _grouped_forward(norm, x, gr: _Groups, weight, bias, eps, out):
     xv = gr.view(x32)
     yv, y = _output(gr, out if dt == x.dtype else None, dt)
     units, k = gr.n * gr.g, gr.c // gr.g
-    fused = _fused(gr, xv, 1)
+    fused = _fused(gr, xv)
     if fused and gr.last:
         mean, var = np.empty(units), np.empty(units)
         KERNELS["fused_forward"]["cl"](x32.size, xv, k, w, b, eps, mean, var, yv)
@@ -329,7 +330,7 @@ def _grouped_backward(dy, cache: NormCache):
     parts, weight = gr.c // gr.g, _tiled(cache.weight, gr)
     count = float(parts * gr.s)
     lo, gate = _act_args(None, dt)
-    fused = _fused(gr, xv, 2) and (dyv.flags.c_contiguous or not gr.last)
+    fused = _fused(gr, xv, dyv)
     if fused and gr.last:
         KERNELS["fused_backward"]["cl"](2 * x32.size, dyv, xv, parts, cache._mean.reshape(-1),
                                         invstd.reshape(-1), weight, count, s1, s2, dxv)

@@ -82,7 +82,7 @@ def _sample_moments(xs, cm, cv, pm, pm2):
 
 
 @helper(inline=True)
-def _tiled(v, nc):
+def _repeat_rows(v, nc):
     """``v[:nc]`` repeated over the rest of ``v`` (a span of whole rows)."""
     for j in range(nc, v.size):
         v[j] = v[j - nc]
@@ -118,9 +118,9 @@ def forward_cl(x, parts, weight, bias, eps, mean, var, y, tasks):
             for k in range(nc):
                 cen[k], sc[k], sh[k] = _affine_coeffs(x, p * ngr + k // parts, k, mean, var,
                                                       weight, bias, eps)
-            _tiled(cen, nc)
-            _tiled(sc, nc)
-            _tiled(sh, nc)
+            _repeat_rows(cen, nc)
+            _repeat_rows(sc, nc)
+            _repeat_rows(sh, nc)
             xf = x[p].reshape(nr * nc)
             yf = y[p].reshape(nr * nc)
             xnf = x[min(p + 1, p1 - 1)].reshape(nr * nc)
@@ -183,10 +183,10 @@ def backward_cl(dy, x, parts, mean, invstd, weight, count, sum_dy, sum_dy_xc, dx
                     w1, w2 = _group_sums(p * nc + k, parts, weight, sum_dy, sum_dy_xc)
                 cen[k], k_dy[k], k_x[k], k_0[k] = _grad_coeffs(
                     x, p * ngr + k // parts, p * nc + k, w1, w2, mean, invstd, weight, count)
-            _tiled(cen, nc)
-            _tiled(k_dy, nc)
-            _tiled(k_x, nc)
-            _tiled(k_0, nc)
+            _repeat_rows(cen, nc)
+            _repeat_rows(k_dy, nc)
+            _repeat_rows(k_x, nc)
+            _repeat_rows(k_0, nc)
             pn = min(p + 1, p1 - 1)
             gf = dy[p].reshape(nr * nc)
             xf = x[p].reshape(nr * nc)
