@@ -17,10 +17,11 @@ never changes a result.
   then walk memory in order (a channel-per-task pass jumps C*H*W values
   after every run; measured: 64x256x14x14 float32, 784-byte runs, fused
   1.98 ms against 1.14 ms two-pass on an AMD EPYC).
-* ``fused_max_total``: ... and when the whole input is at most this large:
-  larger fresh outputs are pages the OS zeroes on first touch (glibc maps
-  blocks above 32 MiB anew each time), and channel-per-task writes fault
-  them all over the array at once.
+  Inputs of any size: above 32 MiB glibc maps every fresh output anew
+  and the OS zeroes its pages on first touch, but both paths write each
+  page once, so the fused kernels keep their lead (measured, 2-vCPU Xeon,
+  fresh outputs of 32-64 MiB: 0.83-0.92 of the two-pass time channels
+  first, 0.96-1.01 channels last).
 
 ``python -m fastbn tune`` measures the crossover points on this machine and
 keeps them in ``tuning.json`` beside the compile cache; without it the
@@ -36,27 +37,21 @@ from dataclasses import asdict, dataclass, replace
 from ._machine import Machine, detect
 from .kernels import RUN_BYTES
 
-#: glibc's largest mmap threshold: fresh blocks above it come from mmap.
-MMAP_MAX = 32 << 20
-
-
 @dataclass(frozen=True)
 class Choices:
     parallel_min_size: int
     fused_max_channel_bytes: int
-    fused_max_total: int
     source: str
 
-    def fused(self, channel_bytes: int, run_bytes: int, total_bytes: int, channels: int) -> bool:
-        """Whether the channel-per-task training kernels serve an input
-        whose channels hold ``channel_bytes`` (x, plus dy in backward) in
-        runs of ``run_bytes``, ``total_bytes`` in all."""
+    def fused(self, channel_bytes: int, run_bytes: int, channels: int) -> bool:
+        """Whether the channel-per-task training kernels serve an input of
+        ``channels`` channels, each holding ``channel_bytes`` (x, plus dy in
+        backward) in runs of ``run_bytes``."""
         return (channels >= 16 and channel_bytes <= self.fused_max_channel_bytes
-                and run_bytes >= RUN_BYTES and total_bytes <= self.fused_max_total)
+                and run_bytes >= RUN_BYTES)
 
 
-    def fused_samples(self, sample_bytes: int, total_bytes: int, samples: int,
-                      threads: int) -> bool:
+    def fused_samples(self, sample_bytes: int, samples: int, threads: int) -> bool:
         """Whether the sample-per-task kernels (:mod:`fastbn.kernels.samples`)
         serve channels-last data normalized per sample, ``sample_bytes``
         each: every thread has a sample, and a sample fits in the L2 (four
@@ -64,8 +59,7 @@ class Choices:
         second pass gains even where part of it has left for the L3;
         measured against the two-pass kernels, 2-vCPU Xeon, 2 MiB L2,
         float32: 0.73 of their time at 800 KiB samples, 0.74-0.93 at 2 MiB)."""
-        return (samples >= threads and sample_bytes <= 4 * self.fused_max_channel_bytes
-                and total_bytes <= self.fused_max_total)
+        return samples >= threads and sample_bytes <= 4 * self.fused_max_channel_bytes
 
 
 def derive(machine: Machine) -> Choices:
@@ -79,7 +73,6 @@ def derive(machine: Machine) -> Choices:
         # what other code keeps there (measured on an AMD EPYC, 512 KiB L2:
         # fused ahead up to 128 KiB channels, even at 256 KiB).
         fused_max_channel_bytes=machine.l2 // 4,
-        fused_max_total=MMAP_MAX,
         source=f"defaults from the machine's facts (L2 {machine.l2 >> 10} KiB per core)",
     )
 
@@ -104,8 +97,7 @@ def load(machine: Machine, path: str | None) -> Choices:
             saved = json.load(fh)
         if not isinstance(saved, dict) or saved.get("cpu") != machine.cpu:
             return base
-        fields = {k: int(saved[k]) for k in ("parallel_min_size", "fused_max_channel_bytes",
-                                             "fused_max_total")}
+        fields = {k: int(saved[k]) for k in ("parallel_min_size", "fused_max_channel_bytes")}
     except (OSError, ValueError, KeyError, TypeError):
         return base
     return replace(base, **fields, source=f"calibrated by python -m fastbn tune ({path})")

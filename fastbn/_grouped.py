@@ -66,9 +66,9 @@ def _fused(gr: Groups, *views: np.ndarray) -> bool:
     xv = views[0]
     if gr.last:
         return all(v.flags.c_contiguous for v in views) and _choices.CHOICES.fused_samples(
-            len(views) * gr.s * gr.c * xv.itemsize, xv.nbytes, gr.n, numba.get_num_threads())
+            len(views) * gr.s * gr.c * xv.itemsize, gr.n, numba.get_num_threads())
     unit = (gr.c // gr.g) * gr.s * xv.itemsize
-    return _choices.CHOICES.fused(len(views) * unit, unit, xv.nbytes, gr.n * gr.g)
+    return _choices.CHOICES.fused(len(views) * unit, unit, gr.n * gr.g)
 
 
 def grouped_forward(norm, x, gr: Groups, weight, bias, eps, out):

@@ -48,7 +48,7 @@ def _workload(layout: str, dtype: str, strided: bool) -> None:
     else:  # a sample per thread at least: the sample-per-task kernels serve it
         shapes = [(max(4, numba.get_num_threads()), 2, 2, 16)]
     saved = _choices.CHOICES
-    every, none = (replace(saved, fused_max_channel_bytes=m, fused_max_total=m)
+    every, none = (replace(saved, fused_max_channel_bytes=m)
                    for m in (1 << 62, 0))
     try:
         for shape, choices in ((s, c) for s in shapes for c in (none, every)):

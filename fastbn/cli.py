@@ -45,8 +45,7 @@ def info(args: argparse.Namespace) -> int:
         ("kernel choices", c.source),
         ("  parallel from", f"{c.parallel_min_size} elements"),
         ("  channel per task", f"channels of at most {c.fused_max_channel_bytes >> 10} KiB in runs "
-                               f"of at least {RUN_BYTES} B, inputs of at most "
-                               f"{c.fused_max_total >> 20} MiB"),
+                               f"of at least {RUN_BYTES} B"),
         ("  sample per task", f"channels-last samples of at most "
                               f"{4 * c.fused_max_channel_bytes >> 10} KiB, one per thread"),
         ("compile cache", path or "none (caching unavailable)"),

@@ -99,8 +99,7 @@ def _fused(plan: Plan, x: np.ndarray, arrays: int, parts: int = 1) -> bool:
         return False
     c = x.shape[plan.axis]
     run = x.itemsize * (x.size // (x.shape[0] * c))
-    return _choices.CHOICES.fused(arrays * (x.size // c // parts) * x.itemsize, run, x.nbytes,
-                                  c * parts)
+    return _choices.CHOICES.fused(arrays * (x.size // c // parts) * x.itemsize, run, c * parts)
 
 
 def _moments(x: np.ndarray, plan: Plan) -> tuple[np.ndarray, np.ndarray]:

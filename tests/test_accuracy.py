@@ -126,7 +126,7 @@ def test_constant_channels_are_exact(rng, monkeypatch, shape, layout, dtype, pat
     fused = path == "fused"
     monkeypatch.setattr(_jit, "PARALLEL_MIN_SIZE", 1 if path != "two-pass serial" else 1 << 40)
     monkeypatch.setattr(_choices, "CHOICES", replace(
-        _choices.CHOICES, fused_max_channel_bytes=(1 << 40) * fused, fused_max_total=1 << 40))
+        _choices.CHOICES, fused_max_channel_bytes=(1 << 40) * fused))
     if layout == "NHWC" and len(shape) == 4:
         shape = (shape[0], shape[2], shape[3], shape[1])
     ax = ref.channel_axis(len(shape), layout)

@@ -76,26 +76,35 @@ def test_defaults_follow_the_cache_sizes():
     xeon, epyc = _choices.derive(XEON), _choices.derive(EPYC)
     assert xeon.fused_max_channel_bytes == (2 << 20) // 4
     assert epyc.fused_max_channel_bytes == (512 << 10) // 4
-    # 32x64x56x56 float32: 392 KiB channels, 12.25 KiB runs, 25 MiB in all.
-    args = (32 * 56 * 56 * 4, 56 * 56 * 4, 32 * 64 * 56 * 56 * 4, 64)
+    # 32x64x56x56 float32: 392 KiB channels, 12.25 KiB runs.
+    args = (32 * 56 * 56 * 4, 56 * 56 * 4, 64)
     assert xeon.fused(*args) and not epyc.fused(*args)
     # Short runs (14x14 float32) stream poorly channel by channel: never fused.
-    assert not xeon.fused(64 * 196 * 4, 196 * 4, 64 * 256 * 196 * 4, 256)
-    assert not Choices(1, 1 << 40, 1 << 40, "any").fused(64 * 196 * 4, 196 * 4, 1 << 20, 256)
-    # Too few channels to share out, or an input past glibc's mmap threshold.
-    assert not xeon.fused(4096 * 4, 4096 * 4, 8 * 4096 * 4, 8)
-    assert not xeon.fused(1 << 18, 1 << 14, 64 << 20, 256)
+    assert not xeon.fused(64 * 196 * 4, 196 * 4, 256)
+    assert not Choices(1, 1 << 40, "any").fused(64 * 196 * 4, 196 * 4, 256)
+    # Too few channels to share out.
+    assert not xeon.fused(4096 * 4, 4096 * 4, 8)
+    # Whatever the input's size (here 64 MiB, fresh outputs mmap'd anew).
+    assert xeon.fused(1 << 18, 1 << 14, 256)
 
 
 def test_calibration_is_kept_per_cpu_model(tmp_path):
     path = str(tmp_path / "tuning.json")
-    tuned = Choices(parallel_min_size=1 << 17, fused_max_channel_bytes=0,
-                    fused_max_total=32 << 20, source="test")
+    tuned = Choices(parallel_min_size=1 << 17, fused_max_channel_bytes=0, source="test")
     _choices.save(tuned, EPYC, path)
     loaded = _choices.load(EPYC, path)
     assert (loaded.parallel_min_size, loaded.fused_max_channel_bytes) == (1 << 17, 0)
     assert "calibrated" in loaded.source
     assert _choices.load(XEON, path) == _choices.derive(XEON)  # another CPU: defaults
+
+
+def test_calibration_of_an_older_release_still_loads(tmp_path):
+    # Older tuning files also kept a bound on the input's size (since dropped).
+    path = tmp_path / "tuning.json"
+    path.write_text(json.dumps({"parallel_min_size": 1 << 17, "fused_max_channel_bytes": 1 << 20,
+                                "fused_max_total": 32 << 20, "source": "old", "cpu": EPYC.cpu}))
+    loaded = _choices.load(EPYC, str(path))
+    assert (loaded.parallel_min_size, loaded.fused_max_channel_bytes) == (1 << 17, 1 << 20)
 
 
 @pytest.mark.parametrize("text", ["", "{", "[]", json.dumps({"cpu": "AMD EPYC"}),
@@ -157,9 +166,9 @@ def test_thread_count_follows_the_usable_cpus(monkeypatch):
 def test_sample_per_task_kernels_need_a_sample_per_thread_that_fits_in_l2():
     xeon = _choices.derive(XEON)
     sample = 56 * 56 * 64 * 4  # 32x64x56x56 float32 channels last: 784 KiB a sample
-    assert xeon.fused_samples(sample, 32 * sample, 32, 2)
-    assert xeon.fused_samples(2 << 20, 16 << 20, 8, 2)        # a sample as large as the L2
-    assert not xeon.fused_samples((2 << 20) + 1, 16 << 20, 8, 2)
-    assert not xeon.fused_samples(sample, 8 * sample, 8, 16)  # threads left without a sample
-    assert not xeon.fused_samples(sample, 64 << 20, 84, 2)    # past glibc's mmap threshold
-    assert not _choices.derive(EPYC).fused_samples(sample, 32 * sample, 32, 2)  # 512 KiB L2
+    assert xeon.fused_samples(sample, 32, 2)
+    assert xeon.fused_samples(sample, 84, 2)                  # 64 MiB in all: size is no bar
+    assert xeon.fused_samples(2 << 20, 8, 2)                  # a sample as large as the L2
+    assert not xeon.fused_samples((2 << 20) + 1, 8, 2)
+    assert not xeon.fused_samples(sample, 8, 16)              # threads left without a sample
+    assert not _choices.derive(EPYC).fused_samples(sample, 32, 2)  # 512 KiB L2

@@ -25,7 +25,7 @@ for layout in ("NCHW", "NHWC"):
     w = rng.standard_normal(32).astype(np.float32)
     results, fused = [], []
     for fused_bytes, parallel_min in ((0, 1 << 30), (1 << 30, 1), (1 << 30, 1 << 30), (0, 1)):
-        _choices.CHOICES = Choices(parallel_min, fused_bytes, 1 << 40, "test")
+        _choices.CHOICES = Choices(parallel_min, fused_bytes, "test")
         _jit.PARALLEL_MIN_SIZE = parallel_min
         axis = 1 if layout == "NCHW" else 3
         fused.append(functional._fused(_layout.Plan(x, axis), x, 2))
@@ -36,7 +36,7 @@ for layout in ("NCHW", "NHWC"):
                                              for n, a, b in zip(names, results[0], other)]}
     results = []  # GroupNorm: a (sample, group) or a sample per task, or two passes
     for fused_bytes, parallel_min in ((0, 1 << 30), (1 << 30, 1), (1 << 30, 1 << 30), (0, 1)):
-        _choices.CHOICES = Choices(parallel_min, fused_bytes, 1 << 40, "test")
+        _choices.CHOICES = Choices(parallel_min, fused_bytes, "test")
         _jit.PARALLEL_MIN_SIZE = parallel_min
         y, cache = fastbn.group_norm_forward(x, 8, w, layout=layout)
         results.append((y, cache.mean, cache.var, *fastbn.group_norm_backward(dy, cache)))
