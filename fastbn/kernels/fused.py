@@ -66,10 +66,15 @@ def forward_cf(x, parts, weight, bias, eps, lo, mean, var, gate, y, tasks):
                     xr = x[p, a, c, j * run:j * run + run]
                     xn = x[pn, a, cn, j * run:j * run + run]
                     yr = y[p, a, c, j * run:j * run + run]
-                    for b in range(run):
-                        v = (xr[b] - center) * scale + shift
-                        yr[b] = lo if v < lo else v
-                        touched += xn[b]
+                    if lo == -np.inf:  # no activation: no test (see affine_cf)
+                        for b in range(run):
+                            yr[b] = (xr[b] - center) * scale + shift
+                            touched += xn[b]
+                    else:
+                        for b in range(run):
+                            v = (xr[b] - center) * scale + shift
+                            yr[b] = lo if v < lo else v
+                            touched += xn[b]
         sink[grp] = touched
 
 

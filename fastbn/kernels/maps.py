@@ -121,9 +121,13 @@ def affine_cf(x, mean, var, weight, bias, eps, lo, gate, y, tasks):
             sh = shift[p * nc + c]
             xr = x[p, a, c, b0:b0 + CHUNK]
             yr = y[p, a, c, b0:b0 + CHUNK]
-            for b in range(xr.size):
-                v = (xr[b] - mc) * sc + sh
-                yr[b] = lo if v < lo else v
+            if lo == -np.inf:  # no activation: a loop without the test
+                for b in range(xr.size):
+                    yr[b] = (xr[b] - mc) * sc + sh
+            else:
+                for b in range(xr.size):
+                    v = (xr[b] - mc) * sc + sh
+                    yr[b] = lo if v < lo else v
 
 
 @kernel
@@ -147,9 +151,13 @@ def affine_cl(x, mean, var, weight, bias, eps, lo, gate, y, tasks):
             for r in range(r0, min(nr, r0 + rows)):
                 xr = x[p, r]
                 yr = y[p, r]
-                for k in range(nc):
-                    v = (xr[k] - cen[k]) * sc[k] + sh[k]
-                    yr[k] = lo if v < lo else v
+                if lo == -np.inf:
+                    for k in range(nc):
+                        yr[k] = (xr[k] - cen[k]) * sc[k] + sh[k]
+                else:
+                    for k in range(nc):
+                        v = (xr[k] - cen[k]) * sc[k] + sh[k]
+                        yr[k] = lo if v < lo else v
 
 
 @kernel
