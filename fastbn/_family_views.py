@@ -10,7 +10,7 @@ from typing import NamedTuple
 import numpy as np
 
 from . import _checks
-from .functional import _HALF, _read_only
+from ._engine import HALF, read_only
 
 
 class Groups(NamedTuple):
@@ -33,7 +33,7 @@ class Groups(NamedTuple):
             v = _moved(a, self.axis, a.ndim - 1).reshape(self.n, self.s, self.c)
         else:
             v = _moved(a, self.axis, 1).reshape(1, 1, self.n * self.c, self.s)
-        return v if writable else _read_only(v)
+        return v if writable else read_only(v)
 
     def empty(self, dtype) -> np.ndarray:
         """A new array in the kernel view's shape."""
@@ -65,7 +65,7 @@ class Rows(NamedTuple):
 
     def view(self, a: np.ndarray, writable: bool = False) -> np.ndarray:
         v = a.reshape(1, self.r, self.d)
-        return v if writable else _read_only(v)
+        return v if writable else read_only(v)
 
     def empty(self, dtype) -> np.ndarray:
         return np.empty((1, self.r, self.d), dtype)
@@ -105,12 +105,12 @@ class NormCache:
         """The mean the forward normalized with: float64, read-only, shape
         ``x.shape[:-len(normalized_shape)]`` (LayerNorm), ``(N, num_groups)``
         (GroupNorm) or ``(N, C)`` (InstanceNorm)."""
-        return _read_only(self._mean)
+        return read_only(self._mean)
 
     @property
     def var(self) -> np.ndarray:
         """The biased variance the forward normalized with (as :attr:`mean`)."""
-        return _read_only(self._var)
+        return read_only(self._var)
 
     def __repr__(self) -> str:
         return f"NormCache({self.norm}, x shape {self.x.shape}, dtype {self.x.dtype})"
@@ -127,7 +127,7 @@ def groups(x: np.ndarray, axis: int, g: int) -> Groups:
 
 def widened(x: np.ndarray) -> np.ndarray:
     """``x``, float16 widened to float32 (the kernels' narrowest dtype)."""
-    return x.astype(np.float32) if x.dtype is _HALF else x
+    return x.astype(np.float32) if x.dtype is HALF else x
 
 
 def output(geometry, out, dtype):

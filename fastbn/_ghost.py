@@ -23,8 +23,9 @@ import numpy as np
 
 from . import _checks, _collective
 from ._layout import Plan
-from .functional import (_HALF, BatchNormCache, _act_args, _forward_call, _fused, _param,
-                         _read_only, _update_running, _user_stacklevel, batch_norm_backward)
+from ._engine import (HALF, act_args, channel_per_task, kernel_param, read_only,
+                      update_running_stats, user_stacklevel)
+from .functional import BatchNormCache, _forward_call, batch_norm_backward
 from .kernels import KERNELS
 
 
@@ -59,14 +60,14 @@ class GhostCache:
     def mean(self) -> np.ndarray:
         """Per-chunk mean, float64, shape (N // virtual_batch_size, C)."""
         if self.parts is not None:
-            return _read_only(self.parts.mean.reshape(-1, self.x.shape[self.axis]))
+            return read_only(self.parts.mean.reshape(-1, self.x.shape[self.axis]))
         return _stack([c.mean for c in self.caches], self.x.shape[self.axis])
 
     @property
     def var(self) -> np.ndarray:
         """Per-chunk biased variance, as :attr:`mean`."""
         if self.parts is not None:
-            return _read_only(self.parts.var.reshape(-1, self.x.shape[self.axis]))
+            return read_only(self.parts.var.reshape(-1, self.x.shape[self.axis]))
         return _stack([c.var for c in self.caches], self.x.shape[self.axis])
 
     def __repr__(self) -> str:
@@ -93,7 +94,7 @@ class _Parts:
     def fused(self, x: np.ndarray, arrays: int) -> bool:
         """Whether the channel-per-task kernels serve a pass over
         ``arrays`` arrays (BatchNorm's choice, a chunk's channel the unit)."""
-        return _fused(self.plan, x, arrays, self.k)
+        return channel_per_task(self.plan, x, arrays, self.k)
 
 
 def _stack(rows: list, channels: int) -> np.ndarray:
@@ -138,7 +139,7 @@ def forward(x, v: int, weight, bias, running_mean, running_var, momentum: float,
     x = check(x)
     axis, k, m = _chunks(x, v, layout, False)
     parts = caches = None
-    if x.dtype is _HALF:
+    if x.dtype is HALF:
         y, caches = _local(x, axis, v, k, weight, bias, eps, layout, unbiased, relu)
         mean, var = _sums(caches, x.shape[axis])
     else:
@@ -156,9 +157,9 @@ def _parts_forward(x, axis, k, m, weight, bias, eps, relu) -> tuple[np.ndarray, 
     """Every chunk's forward in one call of each kernel."""
     dt, c = x.dtype, x.shape[axis]
     plan = Plan(x, axis)
-    w, b = _param(weight, dt), _param(bias, dt)
+    w, b = kernel_param(weight, dt), kernel_param(bias, dt)
     w, b = (np.tile(a, k) if a.size else a for a in (w, b))
-    lo, gate = _act_args(np.empty(2 * k * c, dt) if relu else None, dt)
+    lo, gate = act_args(np.empty(2 * k * c, dt) if relu else None, dt)
     p = _Parts(plan, k, np.empty(k * c), np.empty(k * c), w, eps, m, gate if relu else None)
     xv = p.view(x)
     yv, y, _ = plan.output(None, dt)
@@ -194,13 +195,13 @@ def _sums(caches: list[BatchNormCache], c: int):
 
 def _update(running_mean, running_var, mean, var, factor, momentum) -> bool:
     """The running statistics' update (``var * factor``), or a warning."""
-    finite = _update_running(running_mean, running_var, mean, var, factor, momentum)
+    finite = update_running_stats(running_mean, running_var, mean, var, factor, momentum)
     if not finite:
         warnings.warn(
             "batch statistics are not finite (NaN or Inf in the input); "
             "running statistics were not updated",
             RuntimeWarning,
-            stacklevel=_user_stacklevel(),
+            stacklevel=user_stacklevel(),
         )
     return finite
 
@@ -265,7 +266,7 @@ def _parts_backward(dy, cache: GhostCache, input_grad: bool):
     dt, kc = x.dtype, p.mean.size
     with np.errstate(divide="ignore"):  # eps = 0 and a constant channel: inf, as in PyTorch
         invstd = 1.0 / np.sqrt(p.var + p.eps)
-    lo, gate = _act_args(p.gate, dt)
+    lo, gate = act_args(p.gate, dt)
     xv, dyv = p.view(x), p.view(dy)
     s1, s2 = np.empty(kc), np.empty(kc)
     dx, kind = None, p.plan.kind

@@ -9,7 +9,7 @@ import numpy as np
 
 from . import _checks, _choices
 from ._family_views import Groups, NormCache, deliver, output, widened
-from .functional import _act_args, _param
+from ._engine import act_args, kernel_param
 from .kernels import KERNELS, RUN_BYTES
 
 
@@ -76,7 +76,7 @@ def grouped_forward(norm, x, gr: Groups, weight, bias, eps, out):
     arguments; returns (y, cache)."""
     x32 = widened(x)
     dt = x32.dtype
-    w, b = _param(weight, dt), _param(bias, dt)
+    w, b = kernel_param(weight, dt), kernel_param(bias, dt)
     xv = gr.view(x32)
     yv, y = output(gr, out if dt == x.dtype else None, dt)
     units, k = gr.n * gr.g, gr.c // gr.g
@@ -87,7 +87,7 @@ def grouped_forward(norm, x, gr: Groups, weight, bias, eps, out):
         mean, var = mean.reshape(gr.n, gr.g), var.reshape(gr.n, gr.g)
     elif fused:
         mean, var = np.empty(units), np.empty(units)
-        lo, gate = _act_args(None, dt)
+        lo, gate = act_args(None, dt)
         KERNELS["fused_forward"]["cf"](x32.size, xv.reshape(1, 1, units, -1), k, _tiled(w, gr),
                                        _tiled(b, gr), eps, lo, mean, var, gate,
                                        yv.reshape(1, 1, units, -1))
@@ -95,7 +95,7 @@ def grouped_forward(norm, x, gr: Groups, weight, bias, eps, out):
     else:
         mean, var = _group_stats(xv, gr)
         _group_map("affine", gr, xv, _per_channel(mean, gr), _per_channel(var, gr),
-                   _tiled(w, gr), _tiled(b, gr), eps, *_act_args(None, dt), yv)
+                   _tiled(w, gr), _tiled(b, gr), eps, *act_args(None, dt), yv)
     return deliver(y, x, out), NormCache(norm, x, gr, mean, var, eps, w, (gr.c,))
 
 
@@ -115,7 +115,7 @@ def grouped_backward(dy, cache: NormCache):
     dxv, dx = output(gr, None, dt)
     parts, weight = gr.c // gr.g, _tiled(cache.weight, gr)
     count = float(parts * gr.s)
-    lo, gate = _act_args(None, dt)
+    lo, gate = act_args(None, dt)
     fused = _fused(gr, xv, dyv)
     if fused and gr.last:
         KERNELS["fused_backward"]["cl"](2 * x32.size, dyv, xv, parts, cache._mean.reshape(-1),

@@ -35,8 +35,8 @@ import numpy as np
 from . import _checks
 from ._family_views import NormCache, Rows, check_cache, deliver, groups, output, widened
 from ._grouped import grouped_backward, grouped_forward
-from .functional import (_NONE, _channel_params, _param, _update_running, _user_stacklevel,
-                         batch_norm_backward, batch_norm_forward)
+from ._engine import NONE, channel_params, kernel_param, update_running_stats, user_stacklevel
+from .functional import batch_norm_backward, batch_norm_forward
 from .kernels import KERNELS
 
 __all__ = [
@@ -189,7 +189,7 @@ def instance_norm_forward(x, weight=None, bias=None, *, use_input_stats: bool = 
                          f"use_input_stats, got input of shape {x.shape}")
     eps = _checks.eps(eps)
     momentum = _checks.momentum(momentum)
-    weight, bias, rmean, rvar = _channel_params(x, axis, weight, bias, running_mean,
+    weight, bias, rmean, rvar = channel_params(x, axis, weight, bias, running_mean,
                                                 running_var, use_input_stats,
                                                 "use_input_stats=False")
     out = _checks.out_array(out, x)
@@ -202,12 +202,12 @@ def instance_norm_forward(x, weight=None, bias=None, *, use_input_stats: bool = 
         return y, NormCache("instance", x, None, mean, var, eps, None, (c,), False, bn)
     y, cache = grouped_forward("instance", x, groups(x, axis, c), weight, bias, eps, out)
     if rmean is not None:
-        finite = _update_running(rmean, rvar, cache._mean.mean(0), cache._var.mean(0),
+        finite = update_running_stats(rmean, rvar, cache._mean.mean(0), cache._var.mean(0),
                                  s / (s - 1.0), momentum)
         if not finite:
             warnings.warn("instance statistics are not finite (NaN or Inf in the input); "
                           "running statistics were not updated", RuntimeWarning,
-                          stacklevel=_user_stacklevel())
+                          stacklevel=user_stacklevel())
     return y, cache
 
 
@@ -268,15 +268,15 @@ def layer_norm_forward(x, normalized_shape, weight=None, bias=None, *, eps: floa
     dt = x32.dtype
     d = int(np.prod(shape))
     rows = Rows(x.size // d, d, x.shape)
-    w = np.ones(d, dt) if weight is None else _param(weight.reshape(d), dt)
-    b = np.zeros(d, dt) if bias is None else _param(bias.reshape(d), dt)
+    w = np.ones(d, dt) if weight is None else kernel_param(weight.reshape(d), dt)
+    b = np.zeros(d, dt) if bias is None else kernel_param(bias.reshape(d), dt)
     mean, var = np.empty(rows.r), np.empty(rows.r)
     yv, y = output(rows, out if dt == x.dtype else None, dt)
     KERNELS["rows_forward"]["any"](x.size, rows.view(x32), w, b, eps, mean, var, yv)
     y = deliver(y, x, out)
     lead = x.shape[:x.ndim - len(shape)]
     return y, NormCache("layer", x, rows, mean.reshape(lead), var.reshape(lead), eps,
-                        w if weight is not None else _NONE[dt], shape)
+                        w if weight is not None else NONE[dt], shape)
 
 
 def layer_norm_backward(dy, cache: NormCache) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -2,24 +2,17 @@
 
 from __future__ import annotations
 
-import os
-import sys
 import warnings
 from typing import Callable, NamedTuple
 
 import numpy as np
 
-from . import _checks, _choices, _collective, _synced
+from . import _checks, _collective, _synced
+from ._engine import (HALF, NONE, act_args, channel_params, channel_per_task, kernel_param,
+                      moments, read_only, run_kernel, update_running_stats, user_stacklevel)
 from ._layout import Plan
-from .kernels import KERNELS, update_running
 
 __all__ = ["batch_stats", "batch_norm_forward", "batch_norm_backward", "BatchNormCache"]
-
-
-def _read_only(a: np.ndarray) -> np.ndarray:
-    v = a.view()
-    v.setflags(write=False)
-    return v
 
 
 class BatchNormCache:
@@ -59,85 +52,17 @@ class BatchNormCache:
     def mean(self) -> np.ndarray:
         """Per-channel mean the forward normalized with (the batch's in
         training, the running one in eval): float64, shape (C,), read-only."""
-        return _read_only(self._mean)
+        return read_only(self._mean)
 
     @property
     def var(self) -> np.ndarray:
         """Per-channel biased variance the forward normalized with (as
         :attr:`mean`): float64, shape (C,), read-only."""
-        return _read_only(self._var)
+        return read_only(self._var)
 
     def __repr__(self) -> str:
         mode = "training" if self.training else "eval"
         return f"BatchNormCache({mode}, x shape {self.x.shape}, dtype {self.x.dtype})"
-
-
-_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
-
-
-def _user_stacklevel() -> int:
-    """The ``stacklevel`` at which a warning issued by the caller of this
-    function names the first frame outside fastbn (the user's call,
-    whether through a layer or the functional API)."""
-    frame, level = sys._getframe(1), 1
-    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE):
-        frame, level = frame.f_back, level + 1
-    return level
-
-
-def _run(op: str, plan: Plan, size: int, *args):
-    return KERNELS[op][plan.kind](size, *args)
-
-
-def _fused(plan: Plan, x: np.ndarray, arrays: int, parts: int = 1) -> bool:
-    """Whether a training pass over ``arrays`` arrays of x's shape, its
-    samples cut into ``parts`` normalized apart (ghost batches), takes the
-    channel-per-task kernels (the choices in force decide; see
-    :mod:`fastbn._choices`). Depends on the shape and the machine, never on
-    the thread count."""
-    if plan.kind != "cf":
-        return False
-    c = x.shape[plan.axis]
-    run = x.itemsize * (x.size // (x.shape[0] * c))
-    return _choices.CHOICES.fused(arrays * (x.size // c // parts) * x.itemsize, run, c * parts)
-
-
-def _moments(x: np.ndarray, plan: Plan) -> tuple[np.ndarray, np.ndarray]:
-    c = x.shape[plan.axis]
-    mean = np.empty(c)
-    var = np.empty(c)
-    _run("stats", plan, x.size, plan.view(x), mean, var)
-    return mean, var
-
-
-#: float16 inputs are widened (compared by identity: cheaper than ==).
-_HALF = np.dtype(np.float16)
-
-#: Empty vectors stand for an absent weight or bias in kernel calls.
-_NONE = {np.dtype(np.float32): np.empty(0, np.float32), np.dtype(np.float64): np.empty(0)}
-
-#: The kernels' lower bound on the output: -inf (none), or 0 for a ReLU.
-_NO_ACT = {np.dtype(np.float32): np.float32(-np.inf), np.dtype(np.float64): -np.inf}
-_RELU = {np.dtype(np.float32): np.float32(0), np.dtype(np.float64): 0.0}
-
-
-def _act_args(gate: np.ndarray | None, dtype) -> tuple:
-    """The kernels' ``(lo, gate)`` arguments: a fused ReLU's gate array, or
-    None for no activation."""
-    if gate is None:
-        return _NO_ACT[dtype], _NONE[dtype]
-    return _RELU[dtype], gate
-
-
-def _param(v: np.ndarray | None, dtype: np.dtype) -> np.ndarray:
-    """weight or bias as the kernels take it: a writable vector of x's
-    ``dtype`` (the array itself when it already is; a copy of a read-only
-    one), so that each kernel compiles once per input dtype; the
-    per-channel coefficients are then computed in float64."""
-    if v is None:
-        return _NONE[dtype]
-    v = v.astype(dtype, copy=False)
-    return v if v.flags.writeable else v.copy()
 
 
 def batch_stats(x, *, layout: str = "NCHW") -> tuple[np.ndarray, np.ndarray]:
@@ -161,8 +86,8 @@ def batch_stats(x, *, layout: str = "NCHW") -> tuple[np.ndarray, np.ndarray]:
     """
     x = _checks.tensor(x)
     axis, _ = _checks.channels(x, layout)
-    wide = x.astype(np.float32) if x.dtype is _HALF else x
-    mean, var = _moments(wide, Plan(wide, axis))
+    wide = x.astype(np.float32) if x.dtype is HALF else x
+    mean, var = moments(wide, Plan(wide, axis))
     return mean.astype(x.dtype), var.astype(x.dtype)
 
 
@@ -193,31 +118,10 @@ def _forward_args(x, weight, bias, training, running_mean, running_var, momentum
     m = _checks.values_per_channel(x, c, training and not synced)
     eps = _checks.eps(eps)
     momentum = _checks.momentum(momentum)
-    weight, bias, rmean, rvar = _channel_params(x, axis, weight, bias, running_mean,
+    weight, bias, rmean, rvar = channel_params(x, axis, weight, bias, running_mean,
                                                 running_var, training, "eval mode")
     out = _checks.out_array(out, x)
     return _Forward(x, axis, c, m, eps, momentum, weight, bias, rmean, rvar, out)
-
-
-def _channel_params(x, axis, weight, bias, running_mean, running_var, batch_stats: bool,
-                    otherwise: str) -> tuple:
-    """weight, bias and running statistics checked as ``(C,)`` views; with
-    ``batch_stats`` the running statistics are optional (both or neither)
-    and updated in place, else required: ``otherwise`` names the mode that
-    normalizes with them."""
-    c, vec = x.shape[axis], _checks.channel_vector
-    weight = vec(weight, "weight", c, x=x, axis=axis)
-    bias = vec(bias, "bias", c, x=x, axis=axis)
-    rmean = vec(running_mean, "running_mean", c, in_place=batch_stats, x=x, axis=axis)
-    rvar = vec(running_var, "running_var", c, in_place=batch_stats, x=x, axis=axis)
-    if (rmean is None) != (rvar is None) or (not batch_stats and rmean is None):
-        need = "both or neither" if batch_stats else f"both ({otherwise} normalizes with them)"
-        raise ValueError(
-            f"running_mean and running_var: expected {need}, got "
-            f"running_mean={'None' if rmean is None else 'an array'}, "
-            f"running_var={'None' if rvar is None else 'an array'}"
-        )
-    return weight, bias, rmean, rvar
 
 
 def _common_args(x, weight, bias, training, running_mean, running_var, momentum, eps, layout,
@@ -363,10 +267,10 @@ def _forward(a: _Forward, training: bool, sync=None, unbiased: bool = True, relu
     of ``sync`` when given (then ``a.count`` is the count of all ranks);
     ``unbiased``: the running variance gets ``var * m / (m - 1)``, else
     ``var``; ``relu``: a ReLU fused into the same pass."""
-    if a.x.dtype is _HALF:
+    if a.x.dtype is HALF:
         return _half_forward(a, training, sync, unbiased, relu)
     x, c = a.x, a.channels
-    lo, gate = _act_args(np.empty(2 * c, x.dtype) if relu else None, x.dtype)
+    lo, gate = act_args(np.empty(2 * c, x.dtype) if relu else None, x.dtype)
     plan = Plan(x, a.axis) if x.size else None
     if plan is None:
         xv, yv, scratch = None, None, None
@@ -374,52 +278,36 @@ def _forward(a: _Forward, training: bool, sync=None, unbiased: bool = True, relu
     else:
         xv = plan.view(x)
         yv, y, scratch = plan.output(a.out, x.dtype)
-    weight, bias = _param(a.weight, x.dtype), _param(a.bias, x.dtype)
+    weight, bias = kernel_param(a.weight, x.dtype), kernel_param(a.bias, x.dtype)
     if sync is not None:
         mean, var = _synced.forward(sync, plan, xv, c, weight, bias, a.eps, lo, gate, yv)
     elif training:
         mean, var = np.empty(c), np.empty(c)
-        if _fused(plan, x, 1):
-            _run("fused_forward", plan, x.size, xv, 1, weight, bias, a.eps, lo, mean, var, gate,
+        if channel_per_task(plan, x, 1):
+            run_kernel("fused_forward", plan, x.size, xv, 1, weight, bias, a.eps, lo, mean, var, gate,
                  yv)
         else:
-            _run("stats", plan, x.size, xv, mean, var)
-            _run("affine", plan, x.size, xv, mean, var, weight, bias, a.eps, lo, gate, yv)
+            run_kernel("stats", plan, x.size, xv, mean, var)
+            run_kernel("affine", plan, x.size, xv, mean, var, weight, bias, a.eps, lo, gate, yv)
     else:
         mean, var = a.running_mean.astype(np.float64), a.running_var.astype(np.float64)
-        _run("affine", plan, x.size, xv, mean, var, weight, bias, a.eps, lo, gate, yv)
+        run_kernel("affine", plan, x.size, xv, mean, var, weight, bias, a.eps, lo, gate, yv)
     if scratch is not None:
         y[...] = scratch
 
     finite = True
     if training and a.running_mean is not None:
         factor = a.count / (a.count - 1.0) if unbiased else 1.0
-        finite = _update_running(a.running_mean, a.running_var, mean, var, factor, a.momentum)
+        finite = update_running_stats(a.running_mean, a.running_var, mean, var, factor, a.momentum)
         if not finite:
             warnings.warn(
                 "batch statistics are not finite (NaN or Inf in the input); "
                 "running statistics were not updated",
                 RuntimeWarning,
-                stacklevel=_user_stacklevel(),
+                stacklevel=user_stacklevel(),
             )
     return y, BatchNormCache(x, plan, training, mean, var, a.eps, weight, a.count, finite, sync,
                              gate if relu else None)
-
-
-def _update_running(running_mean: np.ndarray, running_var: np.ndarray, mean: np.ndarray,
-                    var: np.ndarray, factor: float, momentum: float) -> bool:
-    """``r = (1 - momentum) * r + momentum * s`` in place, ``var * factor``
-    for the variance, unless the float64 statistics are not finite; returns
-    whether they were."""
-    rmean, rvar = running_mean, running_var
-    native = rmean.dtype in _checks.FLOAT_DTYPES and rvar.dtype in _checks.FLOAT_DTYPES
-    if not native:  # e.g. float16: updated in float64, then cast back
-        rmean, rvar = rmean.astype(np.float64), rvar.astype(np.float64)
-    finite = update_running(0, mean, var, factor, momentum, rmean, rvar)
-    if finite and not native:
-        running_mean[...] = rmean
-        running_var[...] = rvar
-    return finite
 
 
 def _half_forward(a: _Forward, training: bool, sync, unbiased: bool, relu: bool
@@ -503,7 +391,7 @@ def batch_norm_backward(dy, cache: BatchNormCache, *, input_grad: bool = True, o
             f"got {type(cache).__name__}"
         )
     input_grad = _checks.flag(input_grad, "input_grad")
-    if cache.x.dtype is _HALF:
+    if cache.x.dtype is HALF:
         return _half_backward(dy, cache, input_grad, out, comm)
     sync = cache.sync
     if comm is not None and (sync is None or comm is not sync.comm):
@@ -531,32 +419,32 @@ def batch_norm_backward(dy, cache: BatchNormCache, *, input_grad: bool = True, o
         dxv, dx, scratch = _dx_output(plan, x, out, input_grad)
         sum_dy, sum_dy_xc = _synced.backward(sync, dy, x, plan, mean, invstd,
                                              cache.weight, cache.count,
-                                             _act_args(cache.gate, dtype), dxv)
+                                             act_args(cache.gate, dtype), dxv)
         return _finish_dx(dx, scratch), (sum_dy_xc * invstd).astype(dtype), sum_dy.astype(dtype)
     dy = _checks.grad_output(dy, x)
     out = _checks.out_array(out, x, "dx", (("dy", dy),)) if input_grad else None
     sum_dy, sum_dy_xc = np.empty(c), np.empty(c)
     dxv, dx, scratch = _dx_output(plan, x, out, input_grad)
     dyv, xv = plan.view(dy), plan.view(x)
-    lo, gate = _act_args(cache.gate, dtype)
+    lo, gate = act_args(cache.gate, dtype)
     if dxv is None:
-        _run("grad_sums", plan, 2 * x.size, dyv, xv, mean, gate, lo, sum_dy, sum_dy_xc)
-    elif cache.training and _fused(plan, x, 2):
-        _run("fused_backward", plan, 2 * x.size, dyv, xv, 1, mean, invstd, cache.weight,
+        run_kernel("grad_sums", plan, 2 * x.size, dyv, xv, mean, gate, lo, sum_dy, sum_dy_xc)
+    elif cache.training and channel_per_task(plan, x, 2):
+        run_kernel("fused_backward", plan, 2 * x.size, dyv, xv, 1, mean, invstd, cache.weight,
              float(cache.count), gate, lo, sum_dy, sum_dy_xc, dxv)
     elif cache.training:
-        _run("grad_sums", plan, 2 * x.size, dyv, xv, mean, gate, lo, sum_dy, sum_dy_xc)
-        _run("grad_input", plan, 2 * x.size, dyv, xv, 1, mean, invstd, cache.weight,
+        run_kernel("grad_sums", plan, 2 * x.size, dyv, xv, mean, gate, lo, sum_dy, sum_dy_xc)
+        run_kernel("grad_input", plan, 2 * x.size, dyv, xv, 1, mean, invstd, cache.weight,
              sum_dy, sum_dy_xc, float(cache.count), gate, lo, dxv)
     elif cache.gate is not None:  # constant statistics: dx = dy * relu' * weight * invstd
-        _run("grad_sums", plan, 2 * x.size, dyv, xv, mean, gate, lo, sum_dy, sum_dy_xc)
+        run_kernel("grad_sums", plan, 2 * x.size, dyv, xv, mean, gate, lo, sum_dy, sum_dy_xc)
         zeros = np.zeros(c)
-        _run("grad_input", plan, 2 * x.size, dyv, xv, 1, mean, invstd, cache.weight,
+        run_kernel("grad_input", plan, 2 * x.size, dyv, xv, 1, mean, invstd, cache.weight,
              zeros, zeros, 1.0, gate, lo, dxv)
     else:
-        _run("grad_sums", plan, 2 * x.size, dyv, xv, mean, gate, lo, sum_dy, sum_dy_xc)
-        _run("affine", plan, x.size, dyv, np.zeros(c), cache._var, cache.weight,
-             _NONE[dtype], cache.eps, lo, gate, dxv)
+        run_kernel("grad_sums", plan, 2 * x.size, dyv, xv, mean, gate, lo, sum_dy, sum_dy_xc)
+        run_kernel("affine", plan, x.size, dyv, np.zeros(c), cache._var, cache.weight,
+             NONE[dtype], cache.eps, lo, gate, dxv)
     return _finish_dx(dx, scratch), (sum_dy_xc * invstd).astype(dtype), sum_dy.astype(dtype)
 
 

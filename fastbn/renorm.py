@@ -19,7 +19,7 @@ import warnings
 
 import numpy as np
 
-from . import _checks, functional
+from . import _checks, _engine, functional
 from ._layout import Plan
 from .functional import BatchNormCache, batch_norm_backward
 from .layer import BatchNorm
@@ -63,12 +63,12 @@ class BatchRenormCache:
     @property
     def r(self) -> np.ndarray:
         """Per-channel r (ones in eval): float64, shape (C,), read-only."""
-        return functional._read_only(self._r)
+        return _engine.read_only(self._r)
 
     @property
     def d(self) -> np.ndarray:
         """Per-channel d (zeros in eval): float64, shape (C,), read-only."""
-        return functional._read_only(self._d)
+        return _engine.read_only(self._d)
 
     def __repr__(self) -> str:
         mode = "training" if self.training else "eval"
@@ -151,8 +151,8 @@ def _forward_call(x, weight, bias, running_mean, running_var, training, rmax, dm
         y, bn = functional._forward(a, False)
         ones = np.ones(a.channels)
         return y, BatchRenormCache(bn, ones, ones - 1.0)
-    wide = a.x.astype(np.float32) if a.x.dtype is functional._HALF else a.x
-    mean, var = functional._moments(wide, Plan(wide, a.axis))
+    wide = a.x.astype(np.float32) if a.x.dtype is _engine.HALF else a.x
+    mean, var = _engine.moments(wide, Plan(wide, a.axis))
     r, d = _r_d(mean, var, a.running_mean, a.running_var, a.eps, rmax, dmax)
     w = np.ones(a.channels) if a.weight is None else a.weight.astype(np.float64)
     b = 0.0 if a.bias is None else a.bias.astype(np.float64)
@@ -160,12 +160,12 @@ def _forward_call(x, weight, bias, running_mean, running_var, training, rmax, dm
     y, bn = functional._forward(a._replace(weight=r * w, bias=d * w + b, running_mean=mean,
                                            running_var=var), False)
     factor = a.count / (a.count - 1.0)
-    finite = functional._update_running(a.running_mean, a.running_var, mean, var, factor,
+    finite = _engine.update_running_stats(a.running_mean, a.running_var, mean, var, factor,
                                         a.momentum)
     if not finite:
         warnings.warn("batch statistics are not finite (NaN or Inf in the input); running "
                       "statistics were not updated", RuntimeWarning,
-                      stacklevel=functional._user_stacklevel())
+                      stacklevel=_engine.user_stacklevel())
     bn = BatchNormCache(bn.x, bn.plan, True, mean, var, a.eps, bn.weight, a.count, finite)
     return y, BatchRenormCache(bn, r, d)
 
@@ -212,7 +212,7 @@ def batch_renorm_backward(dy, cache: BatchRenormCache, *, input_grad: bool = Tru
                         f"got {type(cache).__name__}")
     input_grad = _checks.flag(input_grad, "input_grad")
     bn, x = cache._bn, cache._bn.x
-    half = x.dtype is functional._HALF
+    half = x.dtype is _engine.HALF
     if half:  # in float32, each result rounded once
         dy = _checks.grad_output(dy, x)
         out = _checks.out_array(out, x, "dx", (("dy", dy),)) if input_grad else None

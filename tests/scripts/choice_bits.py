@@ -12,7 +12,7 @@ import json
 import numpy as np
 
 import fastbn
-from fastbn import _choices, _jit, _layout, functional
+from fastbn import _choices, _engine, _jit, _layout
 from fastbn._choices import Choices
 
 rng = np.random.default_rng(20261123)
@@ -28,7 +28,7 @@ for layout in ("NCHW", "NHWC"):
         _choices.CHOICES = Choices(parallel_min, fused_bytes, "test")
         _jit.PARALLEL_MIN_SIZE = parallel_min
         axis = 1 if layout == "NCHW" else 3
-        fused.append(functional._fused(_layout.Plan(x, axis), x, 2))
+        fused.append(_engine.channel_per_task(_layout.Plan(x, axis), x, 2))
         y, cache = fastbn.batch_norm_forward(x, w, layout=layout)
         results.append((y, cache.mean, cache.var, *fastbn.batch_norm_backward(dy, cache)))
     names = ("y", "mean", "var", "dx", "dweight", "dbias")
