@@ -39,6 +39,15 @@ def _block_moments(s, s2, nb, center):
     return center + s / nb, s2 - s * s / nb
 
 
+@helper(inline=True)
+def _row_stats(c, s1, s2, n):
+    """float64 (mean, biased variance) of a LayerNorm row of ``n`` values
+    from the sums, in x's dtype, of their deviations from ``c`` and of
+    their squares."""
+    a = np.float64(s1)
+    return np.float64(c) + a / n, max(0.0, (np.float64(s2) - a * a / n) / n)
+
+
 @helper
 def _cf_sums(x, c, j0, j1, center):
     """Sums of ``d`` and ``d**2``, ``d = x - center``, in x's dtype, over

@@ -58,6 +58,27 @@ def _grad_coeffs(x, c, p, w1, w2, mean, invstd, weight, m):
 
 
 @helper(inline=True)
+def _row_affine(mu, c, v, eps):
+    """float64 ``(scale, shift)`` of a LayerNorm row of mean ``mu`` (``c``:
+    it rounded to x's dtype, the center) and variance ``v``, for
+    ``(x - c) * scale + shift`` before weight and bias."""
+    rs = 1.0 / np.sqrt(v + eps) if v + eps > 0.0 else 0.0  # eps = 0, constant
+    return rs, -(mu - np.float64(c)) * rs
+
+
+@helper(inline=True)
+def _row_grad_coeffs(off, v, eps, a1, a2, n):
+    """float64 ``(k_dy, k_x, k_0, k_sh)`` of a LayerNorm row of variance
+    ``v`` whose mean is ``off`` above its center c, from the row's sums
+    ``a1`` of ``g = dy * weight`` and ``a2`` of ``g * (x - c)``:
+    ``dx = k_dy * g + k_x * (x - c) + k_0`` and
+    ``xhat = (x - c) * k_dy + k_sh``."""
+    rs = 1.0 / np.sqrt(v + eps)
+    kx = -rs * rs * rs * (a2 - off * a1) / n
+    return rs, kx, -rs * a1 / n - off * kx, -off * rs
+
+
+@helper(inline=True)
 def _affine_table(x, mean, var, weight, bias, eps):
     """:func:`_affine_coeffs` of every channel, as three arrays of x's dtype."""
     nc = mean.size

@@ -24,8 +24,9 @@ import numpy as np
 from numba import prange
 
 from .._jit import helper, kernel
-from ._moments import _cf_moments
+from ._moments import _cf_moments, _row_stats
 from ._tasks import BLOCK, CHUNK, MAX_CHUNKS, _n_chunks
+from .maps import _row_affine, _row_grad_coeffs
 from .short_rows import (FLUSH_ROWS, SHORT_BYTES, TILE, _short_backward,
                          _short_forward)
 
@@ -48,18 +49,17 @@ def _row_moments(xr, s):
         e = xr[d] - c
         s1 += e
         s2 += e * e
-    a = np.float64(s1)
-    return np.float64(c) + a / nd, max(0.0, (np.float64(s2) - a * a / nd) / nd)
+    return _row_stats(c, s1, s2, nd)
 
 
 @helper(inline=True)
 def _write_row(xr, xn, yr, weight, bias, mu, v, eps):
     """``yr`` from row ``xr`` of mean ``mu`` and variance ``v``; returns
     the sum of row ``xn`` in x's dtype, taken in the same loop."""
-    rs = 1.0 / np.sqrt(v + eps) if v + eps > 0.0 else 0.0  # eps = 0, constant
     c = xr.dtype.type(mu)
+    rs, shift = _row_affine(mu, c, v, eps)
     sc = xr.dtype.type(rs)
-    sh = xr.dtype.type(-(mu - np.float64(c)) * rs)
+    sh = xr.dtype.type(shift)
     s = xr.dtype.type(0)
     for d in range(xr.size):
         yr[d] = ((xr[d] - c) * sc + sh) * weight[d] + bias[d]
@@ -192,12 +192,11 @@ def rows_backward(dy, x, mean, var, eps, weight, dx, dweight, dbias, tasks):
                 for r in range(r0, r1):
                     c = x.dtype.type(mean[r])
                     off = mean[r] - np.float64(c)
-                    rs = 1.0 / np.sqrt(var[r] + eps)
-                    kx = -rs * rs * rs * (a2 - off * a1) / nd
+                    rs, kx, k0, ksh = _row_grad_coeffs(off, var[r], eps, a1, a2, nd)
                     t_rs = x.dtype.type(rs)
                     t_x = x.dtype.type(kx)
-                    t_0 = x.dtype.type(-rs * a1 / nd - off * kx)
-                    t_sh = x.dtype.type(-off * rs)
+                    t_0 = x.dtype.type(k0)
+                    t_sh = x.dtype.type(ksh)
                     rn = min(r + 1, r1 - 1)
                     cn = x.dtype.type(mean[rn])
                     gr = dy[0, r]

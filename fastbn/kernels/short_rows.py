@@ -16,6 +16,8 @@ from __future__ import annotations
 import numpy as np
 
 from .._jit import helper
+from ._moments import _row_stats
+from .maps import _row_affine, _row_grad_coeffs
 
 #: Rows whose column sums (dweight, dbias) accumulate in x's dtype before
 #: they are added to the task's float64 partials.
@@ -52,14 +54,12 @@ def _short_forward(x, weight, bias, eps, mean, var, y, b0, nb, k, co):
         k[0, i], k[1, i], k[2, i] = ca, pa, qa
         k[0, i + 1], k[1, i + 1], k[2, i + 1] = cb, pb, qb
     for i in range(nb):
-        a = np.float64(k[1, i])
-        mu = np.float64(k[0, i]) + a / nd
-        v = max(0.0, (np.float64(k[2, i]) - a * a / nd) / nd)
+        mu, v = _row_stats(k[0, i], k[1, i], k[2, i], nd)
         mean[np.uint64(b0 + i)] = mu
         var[np.uint64(b0 + i)] = v
-        rs = 1.0 / np.sqrt(v + eps) if v + eps > 0.0 else 0.0  # eps = 0, constant
         c = dt(mu)
-        co[0, i], co[1, i], co[2, i] = c, rs, -(mu - np.float64(c)) * rs
+        rs, shift = _row_affine(mu, c, v, eps)
+        co[0, i], co[1, i], co[2, i] = c, rs, shift
     for i in range(nb):
         r = np.uint64(b0 + i)
         c, sc, sh = co[0, i], co[1, i], co[2, i]
@@ -90,9 +90,8 @@ def _short_backward(dy, x, mean, var, eps, weight, dx, b0, nb, aw, ab, k, co):
         k[0, i + 1], k[1, i + 1] = mean[rb] - np.float64(cb), var[rb]
         k[2, i + 1], k[3, i + 1] = s1b, s2b
     for i in range(nb):
-        off, rs, a1 = k[0, i], 1.0 / np.sqrt(k[1, i] + eps), k[2, i]
-        kx = -rs * rs * rs * (k[3, i] - off * a1) / nd
-        co[0, i], co[1, i], co[2, i], co[3, i] = rs, kx, -rs * a1 / nd - off * kx, -off * rs
+        co[0, i], co[1, i], co[2, i], co[3, i] = _row_grad_coeffs(k[0, i], k[1, i], eps, k[2, i],
+                                                                  k[3, i], nd)
     for i in range(nb):
         r = np.uint64(b0 + i)
         q = np.uint64(i & (aw.shape[0] - 1))
