@@ -47,6 +47,16 @@ def _n_chunks(total, per_chunk, most):
 
 
 @helper(inline=True)
+def _cl_row_chunks(nr, nc):
+    """``(chunks, rows per chunk)`` of a sample's ``(R, C)`` rows in the
+    ``_cl`` reductions: tasks of about :data:`CL_CHUNK` values of at most
+    :data:`COLUMNS` columns. Every kernel that sums channels-last data
+    (two-pass or sample per task) cuts its rows so: the same bits."""
+    nrc = _n_chunks(nr, max(1, CL_CHUNK // min(nc, COLUMNS)), min(nr, MAX_CHUNKS))
+    return nrc, (nr + nrc - 1) // nrc
+
+
+@helper(inline=True)
 def _walk_tasks(na, nc, nb, itemsize):
     """How a walk in memory order over an ``(A, C, B)`` view is cut into
     tasks: ``(sample chunks, samples per chunk, channels per group)``. A

@@ -16,8 +16,8 @@ import numpy as np
 from numba import prange
 
 from .._jit import helper, kernel
-from ._tasks import (BLOCK, CHUNK, CL_BLOCK, CL_CHUNK, COLUMNS, MAX_CHUNKS, ROWS, _as_dtype,
-                     _gate_of, _n_chunks, _walk_task, _walk_tasks)
+from ._tasks import (BLOCK, CHUNK, CL_BLOCK, COLUMNS, MAX_CHUNKS, ROWS, _as_dtype,
+                     _cl_row_chunks, _gate_of, _n_chunks, _walk_task, _walk_tasks)
 
 
 @helper
@@ -196,9 +196,7 @@ def grad_sums_cl(dy, x, mean, gate, lo, sum_dy, sum_dy_xc, tasks):
     """Per-column ``sum(dy)`` and ``sum(dy * (x - mean))`` of each sample
     of ``(P, R, C)`` views (float64 ``mean`` and results of length P * C)."""
     ns, nr, nc = x.shape
-    width = min(nc, COLUMNS)
-    nrc = _n_chunks(nr, max(1, CL_CHUNK // width), min(nr, MAX_CHUNKS))
-    rsize = (nr + nrc - 1) // nrc
+    nrc, rsize = _cl_row_chunks(nr, nc)
     ncc = (nc + COLUMNS - 1) // COLUMNS
     part_dy = np.empty((nrc, ns * nc))
     part_dyx = np.empty((nrc, ns * nc))

@@ -20,7 +20,7 @@ from numba import prange
 
 from .._jit import helper, kernel, serial_kernel
 from ._moments import _cl_moments, _merge_chunks
-from ._tasks import CL_CHUNK, COLUMNS, MAX_CHUNKS, _n_chunks
+from ._tasks import COLUMNS, _cl_row_chunks
 from .grad_sums import _cl_grad_sums, _column_totals
 from .maps import _affine_coeffs, _grad_coeffs, _group_sums
 
@@ -66,8 +66,7 @@ def _sample_moments(xs, cm, cv, pm, pm2):
     ``cm``, ``cv``, in the tasks of :func:`.stats_cl`; ``pm``, ``pm2``:
     scratch of shape ``(C, row chunks)``."""
     nr, nc = xs.shape
-    nrc = pm.shape[1]
-    rsize = (nr + nrc - 1) // nrc
+    nrc, rsize = _cl_row_chunks(nr, nc)
     for i in range(nrc):
         for k0 in range(0, nc, COLUMNS):
             kw = min(nc, k0 + COLUMNS) - k0
@@ -98,7 +97,7 @@ def forward_cl(x, parts, weight, bias, eps, mean, var, y, tasks):
     in cache. For samples that fit in cache."""
     ns, nr, nc = x.shape
     ngr = nc // parts
-    nrc = _n_chunks(nr, max(1, CL_CHUNK // min(nc, COLUMNS)), min(nr, MAX_CHUNKS))
+    nrc = _cl_row_chunks(nr, nc)[0]
     rows = max(1, SPAN // nc)
     ng = min(ns, tasks)
     sink = np.zeros(ng, x.dtype)
@@ -145,8 +144,7 @@ def backward_cl(dy, x, parts, mean, invstd, weight, count, sum_dy, sum_dy_xc, dx
     sample is still in cache."""
     ns, nr, nc = x.shape
     ngr = nc // parts
-    nrc = _n_chunks(nr, max(1, CL_CHUNK // min(nc, COLUMNS)), min(nr, MAX_CHUNKS))
-    rsize = (nr + nrc - 1) // nrc
+    nrc, rsize = _cl_row_chunks(nr, nc)
     rows = max(1, SPAN // nc)
     no_gate = np.empty(0, x.dtype)
     lo = x.dtype.type(-np.inf)

@@ -9,7 +9,8 @@ from numba import prange
 
 from .._jit import kernel
 from ._moments import _cf_moments, _cf_walk_moments, _cl_moments, _merge_all, _merge_chunks
-from ._tasks import CHUNK, CL_CHUNK, COLUMNS, MAX_CHUNKS, _n_chunks, _walk_task, _walk_tasks
+from ._tasks import (CHUNK, COLUMNS, MAX_CHUNKS, _cl_row_chunks, _n_chunks, _walk_task,
+                     _walk_tasks)
 
 
 @kernel
@@ -66,9 +67,7 @@ def stats_cl(x, mean, var, tasks):
     view (P samples of R rows) into float64 ``mean`` and ``var`` of length
     P * C (BatchNorm: P = 1; InstanceNorm and GroupNorm: a sample each)."""
     ns, nr, nc = x.shape
-    width = min(nc, COLUMNS)
-    nrc = _n_chunks(nr, max(1, CL_CHUNK // width), min(nr, MAX_CHUNKS))
-    rsize = (nr + nrc - 1) // nrc
+    nrc, rsize = _cl_row_chunks(nr, nc)
     ncc = (nc + COLUMNS - 1) // COLUMNS
     part_mean = np.empty((ns * nc, nrc))
     part_m2 = np.empty((ns * nc, nrc))
