@@ -50,6 +50,11 @@ class Choices:
         return (channels >= 16 and channel_bytes <= self.fused_max_channel_bytes
                 and run_bytes >= RUN_BYTES)
 
+    @property
+    def fused_max_sample_bytes(self) -> int:
+        """The largest channels-last sample the sample-per-task kernels take:
+        four times the channel bound (= the L2 by default)."""
+        return 4 * self.fused_max_channel_bytes
 
     def fused_samples(self, sample_bytes: int, samples: int, threads: int) -> bool:
         """Whether the sample-per-task kernels (:mod:`fastbn.kernels.samples`)
@@ -59,7 +64,7 @@ class Choices:
         second pass gains even where part of it has left for the L3;
         measured against the two-pass kernels, 2-vCPU Xeon, 2 MiB L2,
         float32: 0.73 of their time at 800 KiB samples, 0.74-0.93 at 2 MiB)."""
-        return samples >= threads and sample_bytes <= 4 * self.fused_max_channel_bytes
+        return samples >= threads and sample_bytes <= self.fused_max_sample_bytes
 
 
 def derive(machine: Machine) -> Choices:

@@ -47,7 +47,7 @@ def info(args: argparse.Namespace) -> int:
         ("  channel per task", f"channels of at most {c.fused_max_channel_bytes >> 10} KiB in runs "
                                f"of at least {RUN_BYTES} B"),
         ("  sample per task", f"channels-last samples of at most "
-                              f"{4 * c.fused_max_channel_bytes >> 10} KiB, one per thread"),
+                              f"{c.fused_max_sample_bytes >> 10} KiB, one per thread"),
         ("compile cache", path or "none (caching unavailable)"),
         ("cache state", f"warm ({entries} kernel index files)" if entries else "cold (kernels compile on first use)"),
     ]

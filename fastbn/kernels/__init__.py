@@ -33,8 +33,7 @@ Modules: :mod:`._tasks` (task sizes and splitting), :mod:`._moments`
 (exact statistics of a task), :mod:`.stats`, :mod:`.grad_sums`,
 :mod:`.maps` (element-wise), :mod:`.fused` (channel per task),
 :mod:`.samples` (sample per task, channels last), :mod:`.rows` and
-:mod:`.short_rows` (LayerNorm)
-and :mod:`.running`.
+:mod:`.short_rows` (LayerNorm) and :mod:`.running`.
 """
 
 from __future__ import annotations
